@@ -1,0 +1,86 @@
+"""``knowtune pretrain`` and ``knowtune models``: the tiny base model and its quality check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from knowtune.cli import app
+from knowtune.config import load_config
+
+models_app = typer.Typer(help="Base models: the shipped default, and recall by pretraining exposure.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+@app.command("pretrain")
+def pretrain_command(
+    out: Optional[Path] = typer.Option(None, help="Directory to save the model to."),
+    default: bool = typer.Option(False, "--default", help="Rebuild the shipped default model in place (default config and seed)."),
+    world: str = typer.Option("embedded", help="A world directory, or `embedded`."),
+    config: Optional[Path] = typer.Option(None, help="YAML with PretrainConfig keys (nested `corpus:` for the exposure schedule)."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the corpus."),
+    seed: Optional[int] = typer.Option(None),
+    learning_rate: Optional[float] = typer.Option(None, "--lr"),
+) -> None:
+    """Train a tokenizer and a small LlamaForCausalLM on a world's corpus (CPU, minutes)."""
+    from knowtune.errors import ConfigError
+    from knowtune.models import DEFAULT_MODEL_DIR
+    from knowtune.pretrain import PretrainConfig, pretrain
+    from knowtune.world.embedded import resolve_world
+
+    if default == (out is not None):
+        raise ConfigError("give exactly one of --out DIR or --default", fix="`knowtune pretrain --out my-model` or `knowtune pretrain --default`")
+    if default and (config or epochs or seed is not None or learning_rate or world != "embedded"):
+        raise ConfigError("--default rebuilds the shipped model with the default config; it takes no other options", fix="use --out DIR for a custom model")
+    settings = load_config(PretrainConfig, config, {"epochs": epochs, "seed": seed, "learning_rate": learning_rate})
+    target = DEFAULT_MODEL_DIR if default else out
+    pretrain(resolve_world(world), settings, target, log=console.print)
+    console.print(f"saved model to {target}")
+    typer.echo(str(target))
+
+
+@models_app.command("default")
+def default_command() -> None:
+    """Print the directory of the shipped default model (last line of output)."""
+    from knowtune.models import default_model_dir
+
+    typer.echo(str(default_model_dir()))
+
+
+@models_app.command("recall")
+def recall_command(
+    model: str = typer.Argument("default", help="A knowtune-pretrained model directory, or `default`."),
+    world: str = typer.Option("embedded", help="The world it was pretrained on (a directory, or `embedded`)."),
+    out: Optional[Path] = typer.Option(None, help="Write the table as JSON here."),
+    seed: int = typer.Option(0, help="Seed of the exemplar draw."),
+) -> None:
+    """4-shot greedy accuracy by pretraining-exposure bucket (needs exposures.jsonl beside the model)."""
+    from knowtune.io import atomic_write_json
+    from knowtune.models import load_model_and_tokenizer, model_dir_of
+    from knowtune.pretrain import load_exposures
+    from knowtune.provenance import model_fingerprint, provenance
+    from knowtune.recall import accuracy_by_exposure, few_shot_recall
+    from knowtune.world.embedded import resolve_world
+
+    loaded = resolve_world(world)
+    directory = model_dir_of(model)
+    exposures = load_exposures(directory)
+    llm, tokenizer = load_model_and_tokenizer(model)
+    facts = [ex for ex in loaded.examples if ex.id in exposures]
+    results = few_shot_recall(llm, tokenizer, facts, loaded.split("dev"), seed=seed)
+    rows = accuracy_by_exposure(results, exposures)
+    table = Table(title=f"4-shot greedy accuracy by exposure ({len(results):,} facts)")
+    for column in ("exposures", "facts", "accuracy", "uncontested facts", "uncontested accuracy"):
+        table.add_column(column, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for row in rows:
+        table.add_row(row["bucket"], str(row["facts"]), fmt(row["accuracy"]), str(row["clean_facts"]), fmt(row["clean_accuracy"]))
+    console.print(table)
+    if out:
+        atomic_write_json(out, {"rows": rows, "provenance": provenance(None, seed=seed, model_fingerprint=model_fingerprint(directory), world=loaded.name)})

@@ -1,0 +1,206 @@
+"""Pretraining knowtune's tiny base model on a world's corpus, on CPU, with transformers.
+
+A byte-level BPE tokenizer is trained with ``tokenizers`` on the corpus and saved as a
+transformers fast tokenizer; a small ``LlamaForCausalLM`` is trained with ``Trainer`` on
+packed fixed-length blocks of the corpus (causal LM loss on every token), and saved with
+``save_pretrained`` beside the resolved config, the exposure ground truth and provenance,
+so that ``AutoModelForCausalLM.from_pretrained(dir)`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import Field
+
+from knowtune.config import StageConfig, save_config
+from knowtune.errors import KnowtuneError
+from knowtune.io import atomic_write_json, atomic_write_jsonl
+from knowtune.world.corpus import CorpusConfig, assign_exposures, render_corpus
+from knowtune.world.spec import World
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+EXPOSURES_FILE = "exposures.jsonl"
+
+
+class PretrainConfig(StageConfig):
+    """Model size, corpus schedule and optimisation of the base-model pretraining."""
+
+    seed: int = 0
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    vocab_size: int = Field(4096, ge=300)
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    seq_len: int = Field(128, ge=16)
+    batch_size: int = Field(16, ge=1)
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    save_every_steps: int = Field(500, ge=1)
+
+
+def train_tokenizer(documents: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on the corpus, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(documents, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
+
+
+def build_model(config: PretrainConfig, tokenizer):
+    """A freshly initialised ``LlamaForCausalLM`` sized by ``config`` (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+    set_seed(config.seed)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=max(512, config.seq_len),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(model_config)
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """The corpus as one token stream (documents joined by newlines) cut into equal blocks."""
+
+    def __init__(self, documents: list[str], tokenizer, seq_len: int):
+        ids = tokenizer("\n".join(documents) + "\n", add_special_tokens=False)["input_ids"]
+        usable = (len(ids) // seq_len) * seq_len
+        if usable == 0:
+            raise KnowtuneError(f"the corpus has {len(ids)} tokens, fewer than one block of seq_len={seq_len}", fix="lower seq_len or grow the world")
+        self.blocks = torch.tensor(ids[:usable], dtype=torch.long).view(-1, seq_len)  # (N, T)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.blocks.numel()
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        block = self.blocks[index]
+        return {"input_ids": block, "labels": block}
+
+
+def _progress_callback(total_steps: int, tokens_per_step: int, log: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Prints step, loss, tokens/s and ETA at every logging step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.start_step = time.monotonic(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            done = max(1, state.global_step - self.start_step)
+            elapsed = time.monotonic() - self.start
+            rate = done * tokens_per_step / elapsed
+            eta = (total_steps - state.global_step) * elapsed / done
+            log(f"step {state.global_step}/{total_steps}  loss {logs['loss']:.3f}  lr {logs.get('learning_rate', 0):.2e}  {rate:,.0f} tok/s  ETA {eta:.0f}s")
+
+    return ProgressCallback()
+
+
+def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: Callable[[str], None] = print, resume: bool = True) -> Path:
+    """Build the corpus, train tokenizer and model, and save everything under ``out_dir``.
+
+    Trainer checkpoints go to ``out_dir/checkpoints`` every ``save_every_steps``; a rerun
+    with the same config resumes from the last one. The final model is written only at
+    the end (``out_dir`` then holds a loadable model and ``exposures.jsonl``).
+    """
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from knowtune.provenance import model_fingerprint, provenance
+
+    out_dir = Path(out_dir)
+    checkpoints = out_dir / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schedule = assign_exposures(world, config.corpus)
+    documents = render_corpus(world, schedule, config.corpus)
+    tokenizer = train_tokenizer(documents, config.vocab_size)
+    dataset = PackedBlocks(documents, tokenizer, config.seq_len)
+    model = build_model(config, tokenizer)
+    steps_per_epoch = -(-len(dataset) // config.batch_size)
+    total_steps = int(steps_per_epoch * config.epochs)
+    log(f"corpus: {len(documents):,} lines, {dataset.num_tokens:,} tokens; model: {model.num_parameters():,} parameters; {total_steps} steps")
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        logging_steps=max(1, min(100, total_steps // 20)),
+        save_strategy="steps",
+        save_steps=config.save_every_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    set_seed(config.seed)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_progress_callback(total_steps, config.batch_size * config.seq_len, log)])
+    last = _last_checkpoint(checkpoints) if resume else None
+    if last is not None:
+        log(f"resuming from {last}")
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    atomic_write_jsonl(out_dir / EXPOSURES_FILE, [item.to_record() for item in schedule])
+    save_config(config, out_dir / "pretrain_config.yaml")
+    atomic_write_json(
+        out_dir / "provenance.json",
+        provenance(config.model_dump(mode="json"), seed=config.seed, model_fingerprint=model_fingerprint(out_dir), world=world.name, corpus_tokens=dataset.num_tokens, epochs=config.epochs),
+    )
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return out_dir
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(found) if checkpoints.is_dir() and (found := get_last_checkpoint(str(checkpoints))) else None
+
+
+def load_exposures(model_dir: str | Path) -> dict[str, dict]:
+    """The exposure ground truth saved beside a knowtune-pretrained model, keyed by fact id."""
+    path = Path(model_dir) / EXPOSURES_FILE
+    if not path.is_file():
+        raise KnowtuneError(f"{path} not found: exposure ground truth exists only for models pretrained by knowtune")
+    return {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}

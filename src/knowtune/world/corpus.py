@@ -1,0 +1,133 @@
+"""The pretraining corpus: every fact of a world shown a controlled number of times.
+
+Because knowtune writes its base model's pretraining corpus, it knows exactly how often
+the model saw each fact. That exposure count is ground truth against which the SliCK
+audit (Gekhman et al. 2024, section 2) can be validated: a fact seen often should come
+out HighlyKnown, a fact never seen Unknown.
+
+Schedule, per fact (deterministic in ``seed``):
+
+* a share ``never_seen_share`` of facts never appears;
+* the others appear ``n`` times, ``n`` drawn log-uniformly (or Zipf) from
+  ``[min_exposures, max_exposures]``, so counts are heavily skewed;
+* a share ``conflict_share`` of the shown facts are *contested*: a fraction of their
+  exposures state a distractor object (another object of the same relation). Their
+  greedy answer then hinges on the prompt, which is what makes SliCK's MaybeKnown
+  category occur in a model this small (see FEASIBILITY: without noise, knowledge in a
+  tiny model is on/off).
+
+Each exposure is rendered as a statement paraphrase, a ``Q: ...`` / ``A: ...`` pair, or
+an instruction line (``Answer the following question. <question>`` then the answer), one
+per line, shuffled.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from knowtune.config import StageConfig
+from knowtune.world.spec import World
+
+INSTRUCTION_PREFIX = "Answer the following question."
+
+
+class CorpusConfig(StageConfig):
+    """How often, and in which forms, the pretraining corpus shows each fact."""
+
+    seed: int = 0
+    never_seen_share: float = Field(0.3, ge=0.0, le=1.0)
+    min_exposures: int = Field(1, ge=1)
+    max_exposures: int = Field(64, ge=1)
+    distribution: Literal["loguniform", "zipf"] = "loguniform"
+    zipf_exponent: float = Field(1.2, gt=0.0)
+    conflict_share: float = Field(0.2, ge=0.0, le=1.0)
+    conflict_gold_share: tuple[float, float] = (0.45, 0.75)
+    statement_weight: float = Field(0.5, ge=0.0)
+    qa_weight: float = Field(0.35, ge=0.0)
+    instruction_weight: float = Field(0.15, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "CorpusConfig":
+        if self.max_exposures < self.min_exposures:
+            raise ValueError("max_exposures must be >= min_exposures")
+        low, high = self.conflict_gold_share
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError("conflict_gold_share must be (low, high) with 0 <= low <= high <= 1")
+        if self.statement_weight + self.qa_weight + self.instruction_weight <= 0:
+            raise ValueError("at least one of statement_weight, qa_weight, instruction_weight must be > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Ground truth for one fact: how many corpus lines state the gold object, and a distractor."""
+
+    id: str
+    relation: str
+    split: str
+    exposures: int
+    distractor: str | None = None
+    distractor_exposures: int = 0
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+def _draw_count(rng: random.Random, config: CorpusConfig) -> int:
+    low, high = config.min_exposures, config.max_exposures
+    if config.distribution == "loguniform":
+        return min(high, int(math.exp(rng.uniform(math.log(low), math.log(high + 1)))))
+    weights = [k ** -config.zipf_exponent for k in range(low, high + 1)]
+    return rng.choices(range(low, high + 1), weights=weights)[0]
+
+
+def assign_exposures(world: World, config: CorpusConfig) -> list[Exposure]:
+    """Draw each fact's exposure count (and distractor, if contested), in sorted id order."""
+    rng = random.Random(config.seed)
+    objects_by_relation: dict[str, list[str]] = {}
+    for ex in sorted(world.examples, key=lambda e: e.id):
+        objects_by_relation.setdefault(ex.relation, []).append(ex.answers[0])
+    schedule = []
+    for ex in sorted(world.examples, key=lambda e: e.id):
+        if rng.random() < config.never_seen_share:
+            schedule.append(Exposure(ex.id, ex.relation, ex.split, 0))
+            continue
+        total = _draw_count(rng, config)
+        if total >= 2 and rng.random() < config.conflict_share:
+            gold_share = rng.uniform(*config.conflict_gold_share)
+            distractor_count = max(1, min(total - 1, round(total * (1 - gold_share))))
+            pool = [o for o in objects_by_relation[ex.relation] if o != ex.answers[0]]
+            distractor = rng.choice(pool) if pool else None
+            if distractor is not None:
+                schedule.append(Exposure(ex.id, ex.relation, ex.split, total - distractor_count, distractor, distractor_count))
+                continue
+        schedule.append(Exposure(ex.id, ex.relation, ex.split, total))
+    return schedule
+
+
+def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) -> list[str]:
+    """One document (a line, or a Q/A pair) per exposure, shuffled with ``config.seed``."""
+    rng = random.Random(config.seed + 1)
+    by_id = {ex.id: ex for ex in world.examples}
+    forms = ("statement", "qa", "instruction")
+    weights = (config.statement_weight, config.qa_weight, config.instruction_weight)
+    documents = []
+    for item in schedule:
+        ex = by_id[item.id]
+        relation = world.relations[ex.relation]
+        objects = [ex.answers[0]] * item.exposures + [item.distractor] * item.distractor_exposures
+        for index, obj in enumerate(objects):
+            form = rng.choices(forms, weights=weights)[0]
+            if form == "statement":
+                documents.append(relation.statement(ex.subject or "", obj, rng.randrange(len(relation.statement_templates))))
+            elif form == "qa":
+                documents.append(f"Q: {ex.question}\nA: {obj}")
+            else:
+                documents.append(f"{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
+    rng.shuffle(documents)
+    return documents
