@@ -68,8 +68,17 @@ class MatchConfig(StageConfig):
 DEFAULT_MATCH = MatchConfig()
 
 
-def _is_punctuation(char: str) -> bool:
-    return char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+class _PunctuationTable(dict):
+    """``str.translate`` table deleting punctuation, filled in lazily one code point at a time."""
+
+    def __missing__(self, codepoint: int) -> int | None:
+        char = chr(codepoint)
+        is_punctuation = char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+        self[codepoint] = None if is_punctuation else codepoint
+        return self[codepoint]
+
+
+_PUNCTUATION = _PunctuationTable()
 
 
 def normalize_answer(text: str, config: MatchConfig = DEFAULT_MATCH) -> str:
@@ -81,7 +90,7 @@ def normalize_answer(text: str, config: MatchConfig = DEFAULT_MATCH) -> str:
     if config.lowercase:
         text = text.lower()
     if config.strip_punctuation:
-        text = "".join(char for char in text if not _is_punctuation(char))
+        text = text.translate(_PUNCTUATION)
     if config.strip_articles:
         text = _ARTICLES.sub(" ", text)
     if config.collapse_whitespace:

@@ -131,14 +131,14 @@ def _progress_callback(total_steps: int, tokens_per_step: int, log: Callable[[st
     return ProgressCallback()
 
 
-def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: Callable[[str], None] = print, resume: bool = True) -> Path:
+def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: Callable[[str], None] = print, resume: bool = True, callbacks: list | None = None) -> Path:
     """Build the corpus, train tokenizer and model, and save everything under ``out_dir``.
 
     Trainer checkpoints go to ``out_dir/checkpoints`` every ``save_every_steps``; a rerun
     with the same config resumes from the last one. The final model is written only at
     the end (``out_dir`` then holds a loadable model and ``exposures.jsonl``).
     """
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
     from knowtune.provenance import model_fingerprint, provenance
 
@@ -174,7 +174,9 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
         use_cpu=not torch.cuda.is_available(),
     )
     set_seed(config.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_progress_callback(total_steps, config.batch_size * config.seq_len, log)])
+    progress = _progress_callback(total_steps, config.batch_size * config.seq_len, log)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[progress, *(callbacks or [])])
+    trainer.remove_callback(PrinterCallback)
     last = _last_checkpoint(checkpoints) if resume else None
     if last is not None:
         log(f"resuming from {last}")

@@ -39,22 +39,11 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning :class:`KnowtuneError` into exit status 2."""
+    """Entry point: run the app (click reports usage errors with exit 2); a
+    :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="knowtune")
     except KnowtuneError as error:
         err_console.print(f"[bold red]error:[/] {error.render()}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as error:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(EXIT_USAGE)
-        raise

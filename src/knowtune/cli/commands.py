@@ -1,5 +1,6 @@
 """Imports every command module so that each registers itself on ``app``."""
 
+from knowtune.cli import annotate  # noqa: F401
 from knowtune.cli import data  # noqa: F401
 from knowtune.cli import models  # noqa: F401
 from knowtune.cli import world  # noqa: F401

@@ -17,10 +17,10 @@ may carry ``id``, ``relation``, ``split``, ``subject``, ``object`` and ``metadat
 object, or a JSON string holding one, as Parquet stores it); ``null`` counts as absent,
 and any other key is kept in ``metadata`` (an explicit ``metadata`` entry wins on a
 clash). Defaults: relation ``"default"``; split the ``split`` argument, else ``"train"``;
-id ``f"{relation}-{split}-{line}"`` in the EntityQuestions layout, else
-``f"{stem}-{n}"`` where ``stem`` is the file name without extension (``"dataset"`` for a
-Dataset, the split key for a DatasetDict) and ``n`` the 1-based line (JSONL), array
-element (JSON) or row (Parquet, Dataset).
+id ``f"{relation}-{split}-{n}"`` in the EntityQuestions layout, else ``f"{stem}-{n}"``,
+where ``stem`` is the file name without extension (``"dataset"`` for a Dataset, the key
+for a DatasetDict) and ``n`` the 1-based line (JSONL), array element (JSON) or row
+(Parquet, Dataset).
 
 Every problem raises :class:`~knowtune.errors.DataError` naming the file, the line (or
 the element or row) and the fix; ids must be unique across everything loaded.
@@ -28,10 +28,12 @@ the element or row) and the fix; ids must be unique across everything loaded.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _EXAMPLE = '{"question": "Where was Ada Lovelace born?", "answers": ["London"]}'
 _FORMATS = ".jsonl, .json (an array of objects) or .parquet, or an EntityQuestions folder <dir>/{train,dev,test}/<relation>.<split>.jsonl"
 
-Row = tuple[int, "int | None", Any]  # (n for ids and messages, file line or None, record)
+_Row = tuple[int, "int | None", Any]  # (n for ids and messages, file line or None, record)
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,29 @@ def load_examples(source: Any, *, split: str | None = None, relation: str | None
         raise KnowtuneError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
     examples: list[QAExample] = []
     seen: dict[str, str] = {}
-    for origin, rows in _batches(source, split, relation):
-        for n, line, record in rows:
-            example = _to_example(record, origin, n, line, split or "train")
-            if example.id in seen:
-                raise origin.fail(n, line, f"duplicate id {example.id!r}, first used at {seen[example.id]}", fix="give every example a unique id, or drop the id field to get generated ones")
-            seen[example.id] = origin.where(n, line)
-            examples.append(example)
+    with _garbage_collection_paused():
+        for origin, rows in _batches(source, split, relation):
+            for n, line, record in rows:
+                example = _to_example(record, origin, n, line, split or "train")
+                if example.id in seen:
+                    message = f"duplicate id {example.id!r}, first used at {seen[example.id]}"
+                    raise origin.fail(n, line, message, fix="give every example a unique id, or drop the id fields to get generated ones")
+                seen[example.id] = origin.where(n, line)
+                examples.append(example)
     return [ex for ex in examples if (split is None or ex.split == split) and (relation is None or ex.relation == relation)]
+
+
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: loading makes no cycles, and the collections that
+    hundreds of thousands of new objects trigger took 60% of the time on EntityQuestions."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def save_examples(examples: Iterable[QAExample], path: str | Path) -> None:
@@ -102,7 +119,8 @@ def save_examples(examples: Iterable[QAExample], path: str | Path) -> None:
     elif path.suffix == ".parquet":
         atomic_write_bytes(path, _parquet_bytes(records))
     else:
-        raise DataError(path, f"cannot write examples as {path.suffix or 'a file without extension'!r}", fix="name the output *.jsonl or *.parquet")
+        suffix = path.suffix or "a file without extension"
+        raise DataError(path, f"cannot write examples as {suffix!r}", fix="name the output *.jsonl or *.parquet")
 
 
 def read_utf8(path: Path) -> str:
@@ -114,10 +132,11 @@ def read_utf8(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise DataError(path, f"not valid UTF-8: byte {data[error.start]:#04x} cannot be decoded", line=line, fix="re-save the file as UTF-8") from None
+        message = f"not valid UTF-8: byte {data[error.start]:#04x} cannot be decoded"
+        raise DataError(path, message, line=line, fix="re-save the file as UTF-8") from None
 
 
-def _batches(source: Any, split: str | None, relation: str | None) -> Iterator[tuple[_Origin, Iterable[Row]]]:
+def _batches(source: Any, split: str | None, relation: str | None) -> Iterator[tuple[_Origin, Iterable[_Row]]]:
     datasets = sys.modules.get("datasets")  # a Dataset object implies the module is imported
     if datasets is not None and isinstance(source, datasets.DatasetDict):
         yield from _dataset_dict_batches(source)
@@ -130,21 +149,24 @@ def _batches(source: Any, split: str | None, relation: str | None) -> Iterator[t
         if path.is_dir():
             yield from _entityquestions_batches(path, split, relation)
         else:
-            yield _Origin(str(path), path.stem, unit="element" if path.suffix == ".json" else "line"), _file_rows(path)
+            unit, rows = _file_rows(path)
+            yield _Origin(str(path), path.stem, unit=unit), rows
     else:
-        raise TypeError(f"load_examples() takes a path, a datasets.Dataset or a datasets.DatasetDict, not {type(source).__name__}")
+        expected = "a path, a datasets.Dataset or a datasets.DatasetDict"
+        raise TypeError(f"load_examples() takes {expected}, not {type(source).__name__}")
 
 
-def _dataset_dict_batches(source: Any) -> Iterator[tuple[_Origin, Iterable[Row]]]:
+def _dataset_dict_batches(source: Any) -> Iterator[tuple[_Origin, Iterable[_Row]]]:
     for key, dataset in source.items():
         split = "dev" if key == "validation" else key
         path = f"<datasets.DatasetDict[{key!r}]>"
         if split not in SPLITS:
-            raise DataError(path, f"split {key!r} is not one of {', '.join(SPLITS)}", fix="rename the split, e.g. DatasetDict({'dev': d['val']})")
+            fix = "rename the split, e.g. DatasetDict({'dev': d['val']})"
+            raise DataError(path, f"split {key!r} is not one of {', '.join(SPLITS)}", fix=fix)
         yield _Origin(path, key, unit="row", split=split), _numbered(dataset.to_list())
 
 
-def _entityquestions_batches(root: Path, split: str | None, relation: str | None) -> Iterator[tuple[_Origin, Iterable[Row]]]:
+def _entityquestions_batches(root: Path, split: str | None, relation: str | None) -> Iterator[tuple[_Origin, list[_Row]]]:
     found = False
     for folder in SPLITS:
         if not (root / folder).is_dir():
@@ -154,43 +176,49 @@ def _entityquestions_batches(root: Path, split: str | None, relation: str | None
                 continue
             match = _EQ_NAME.fullmatch(path.name)
             if match is None or match["split"] != folder:
-                raise DataError(path, f"file name does not follow <relation>.{folder}{path.suffix}", fix=f"rename it, e.g. P36.{folder}.jsonl")
+                message = f"file name does not follow <relation>.{folder}{path.suffix}"
+                raise DataError(path, message, fix=f"rename it, e.g. P36.{folder}.jsonl")
             found = True
             if (split is None or split == folder) and (relation is None or relation == match["relation"]):
-                origin = _Origin(str(path), f"{match['relation']}-{folder}", relation=match["relation"], split=folder)
-                yield origin, _file_rows(path)
+                unit, rows = _file_rows(path)
+                yield _Origin(str(path), f"{match['relation']}-{folder}", unit, match["relation"], folder), rows
     if not found:
         raise DataError(root, "no data files found", fix=f"expected {_FORMATS}")
 
 
-def _file_rows(path: Path) -> list[Row]:
+def _file_rows(path: Path) -> tuple[str, list[_Row]]:
+    """The records of one file, numbered by ``unit``: "line", "element" or "row"."""
     if path.suffix == ".parquet":
-        rows = _parquet_rows(path)
+        unit, rows = "row", _parquet_rows(path)
     elif path.suffix in (".jsonl", ".json"):
         text = read_utf8(path)
-        rows = list(_json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text))
+        if text.lstrip().startswith("["):
+            unit, rows = "element", list(_json_array_rows(path, text))
+        else:
+            unit, rows = "line", list(_jsonl_rows(path, text))
     else:
         raise DataError(path, f"unsupported extension {path.suffix or '(none)'!r}", fix=f"use {_FORMATS}")
     if not rows:
         raise DataError(path, "the file holds no examples", fix=f"add records such as {_EXAMPLE}, or remove the file")
-    return rows
+    return unit, rows
 
 
-def _numbered(records: list[Any]) -> list[Row]:
+def _numbered(records: list[Any]) -> list[_Row]:
     return [(n, None, record) for n, record in enumerate(records, 1)]
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
+def _jsonl_rows(path: Path, text: str) -> Iterator[_Row]:
     for line, content in enumerate(text.split("\n"), 1):
         if not content.strip():
             continue
         try:
             yield line, line, json.loads(content)
         except json.JSONDecodeError as error:
-            raise DataError(path, f"malformed JSON: {error.msg} (column {error.colno})", line=line, fix=f"write one complete JSON object per line, e.g. {_EXAMPLE}") from None
+            message = f"malformed JSON: {error.msg} (column {error.colno})"
+            raise DataError(path, message, line=line, fix=f"write one complete JSON object per line, e.g. {_EXAMPLE}") from None
 
 
-def _json_array_rows(path: Path, text: str) -> Iterator[Row]:
+def _json_array_rows(path: Path, text: str) -> Iterator[_Row]:
     """Decode a JSON array element by element, to know the line each element starts on."""
     decoder, fix = json.JSONDecoder(), "the file must hold one JSON array of objects"
     pos = _skip_whitespace(text, text.index("[") + 1)
@@ -201,7 +229,8 @@ def _json_array_rows(path: Path, text: str) -> Iterator[Row]:
         try:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as error:
-            raise DataError(path, f"element {n}: malformed JSON: {error.msg} (column {error.colno})", line=error.lineno, fix=fix) from None
+            message = f"element {n}: malformed JSON: {error.msg} (column {error.colno})"
+            raise DataError(path, message, line=error.lineno, fix=fix) from None
         yield n, line, record
         pos = _skip_whitespace(text, pos)
         closed = text.startswith("]", pos)
@@ -217,14 +246,15 @@ def _skip_whitespace(text: str, pos: int) -> int:
     return _WHITESPACE.match(text, pos).end()
 
 
-def _parquet_rows(path: Path) -> list[Row]:
+def _parquet_rows(path: Path) -> list[_Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         records = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as error:
-        raise DataError(path, f"not a readable Parquet file: {error}", fix="write it with knowtune.data.save_examples or pandas.DataFrame.to_parquet") from None
+        fix = "write it with knowtune.data.save_examples or pandas.DataFrame.to_parquet"
+        raise DataError(path, f"not a readable Parquet file: {error}", fix=fix) from None
     return _numbered(records)
 
 
@@ -232,8 +262,11 @@ def _parquet_bytes(records: list[dict[str, Any]]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    text_fields = ("id", "relation", "question", "split", "subject", "object", "metadata")
-    schema = pa.schema([(name, pa.list_(pa.string()) if name == "answers" else pa.string()) for name in (*text_fields[:4], "answers", *text_fields[4:])])
+    text = pa.string()
+    schema = pa.schema(
+        [("id", text), ("relation", text), ("question", text), ("answers", pa.list_(text)), ("split", text),
+         ("subject", text), ("object", text), ("metadata", text)]  # metadata as a JSON string: its keys vary
+    )
     rows = [{**record, "metadata": json.dumps(record["metadata"], ensure_ascii=False, sort_keys=True)} for record in records]
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
@@ -243,32 +276,39 @@ def _parquet_bytes(records: list[dict[str, Any]]) -> bytes:
 def _to_example(record: Any, origin: _Origin, n: int, line: int | None, default_split: str) -> QAExample:
     """Validate one record and fill in the defaults described in the module docstring."""
     if not isinstance(record, dict):
-        raise origin.fail(n, line, f"expected a JSON object, got {_kind(record)}", fix=f"write each example as an object, e.g. {_EXAMPLE}")
+        fix = f"write each example as an object, e.g. {_EXAMPLE}"
+        raise origin.fail(n, line, f"expected a JSON object, got {_kind(record)}", fix=fix)
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise origin.fail(n, line, _bad_field("question", question, "a non-empty string"), fix=f"every example needs a question, e.g. {_EXAMPLE}")
-    relation = _layout_field(record, "relation", origin, n, line) or "default"
+        message = _bad_field("question", question, "a non-empty string")
+        raise origin.fail(n, line, message, fix=f"every example needs a question, e.g. {_EXAMPLE}")
+    fields = {"question": question, "answers": _answers(record.get("answers"), origin, n, line)}
+    if len(record) > 2 or origin.relation is None:  # the fast path above suits bare EntityQuestions records
+        fields.update(_optional_fields(record, origin, n, line, default_split))
+    else:
+        fields.update(relation=origin.relation, split=origin.split, id=f"{origin.id_prefix}-{n}")
+    try:
+        return QAExample(**fields)
+    except ValidationError as error:  # a schema rule the checks above do not cover
+        first = error.errors()[0]
+        raise origin.fail(n, line, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _optional_fields(record: dict, origin: _Origin, n: int, line: int | None, default_split: str) -> dict[str, Any]:
     split = _layout_field(record, "split", origin, n, line) or default_split
     if split not in SPLITS:
         raise origin.fail(n, line, f"unknown split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
     raw_id = record.get("id")
     if isinstance(raw_id, int) and not isinstance(raw_id, bool):
         raw_id = str(raw_id)
-    fields = {
+    return {
         "id": _optional_text(record, "id", origin, n, line, value=raw_id) or f"{origin.id_prefix}-{n}",
-        "relation": relation,
-        "question": question,
-        "answers": _answers(record.get("answers"), origin, n, line),
+        "relation": _layout_field(record, "relation", origin, n, line) or "default",
         "split": split,
         "subject": _optional_text(record, "subject", origin, n, line),
         "object": _optional_text(record, "object", origin, n, line),
         "metadata": _metadata(record, origin, n, line),
     }
-    try:
-        return QAExample(**fields)
-    except ValidationError as error:  # a schema rule the checks above do not cover
-        first = error.errors()[0]
-        raise origin.fail(n, line, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def _bad_field(key: str, value: Any, expected: str) -> str:
@@ -283,7 +323,8 @@ def _optional_text(record: dict, key: str, origin: _Origin, n: int, line: int | 
     value = record.get(key) if value is ... else value
     if value is None or (isinstance(value, str) and value.strip()):
         return value
-    raise origin.fail(n, line, _bad_field(key, value, "a non-empty string"), fix=f"give {key!r} a non-empty string or remove it")
+    message = _bad_field(key, value, "a non-empty string")
+    raise origin.fail(n, line, message, fix=f"give {key!r} a non-empty string or remove it")
 
 
 def _layout_field(record: dict, key: str, origin: _Origin, n: int, line: int | None) -> str | None:
@@ -291,7 +332,8 @@ def _layout_field(record: dict, key: str, origin: _Origin, n: int, line: int | N
     value = _optional_text(record, key, origin, n, line)
     fixed = getattr(origin, key)
     if value is not None and fixed is not None and value != fixed:
-        raise origin.fail(n, line, f"{key} {value!r} disagrees with {fixed!r} given by the file's place", fix=f"remove the {key!r} field or move the record to the matching file")
+        message = f"{key} {value!r} disagrees with {fixed!r} given by the file's place"
+        raise origin.fail(n, line, message, fix=f"remove the {key!r} field or move the record to the matching file")
     return fixed or value
 
 
@@ -314,7 +356,8 @@ def _metadata(record: dict, origin: _Origin, n: int, line: int | None) -> dict[s
         except json.JSONDecodeError:
             pass
     if value is not None and not isinstance(value, dict):
-        raise origin.fail(n, line, f"'metadata' must be an object, got {_kind(value)}", fix="make metadata a JSON object or remove it")
+        message = f"'metadata' must be an object, got {_kind(value)}"
+        raise origin.fail(n, line, message, fix="make metadata a JSON object or remove it")
     extras = {key: item for key, item in record.items() if key not in _KNOWN_KEYS}
     return {**extras, **(value or {})}
 

@@ -125,7 +125,7 @@ def slice_entityquestions(source: str | Path, spec: SliceSpec) -> World:
         r: RelationSpec(id=r, question_template=templates[r], statement_templates=STATEMENT_TEMPLATES.get(r, ("[X]: [Y].",)), ood=r in spec.ood_relations)
         for r in spec.relations + spec.ood_relations
     }
-    return World(name=spec.name, relations=relations, examples=tuple(examples))
+    return World(name=spec.name, relations=relations, examples=tuple(sorted(examples, key=lambda e: e.id)))
 
 
 def main() -> None:

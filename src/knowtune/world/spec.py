@@ -114,7 +114,7 @@ class World(BaseModel):
         unknown = sorted({ex.relation for ex in examples} - set(relations))
         if unknown:
             raise DataError(relations_path, f"relations {unknown} have data files but no entry", fix="add them to relations.json")
-        return cls(name=meta.get("name", directory.name), relations=relations, examples=tuple(examples))
+        return cls(name=meta.get("name", directory.name), relations=relations, examples=tuple(sorted(examples, key=lambda e: e.id)))
 
 
 def split_counts(examples: list[QAExample]) -> dict[str, dict[str, int]]:

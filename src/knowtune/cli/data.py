@@ -1,0 +1,87 @@
+"""``knowtune data ...``: inspect QA datasets without writing anything."""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from knowtune.cli import app
+from knowtune.data import SPLITS, QAExample, apply_filters, load_examples, load_relation_templates
+from knowtune.data.filters import FilterReport
+
+data_app = typer.Typer(help="Validate and inspect QA datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+TEMPLATES_NAME = "relation_query_templates.json"
+SplitChoice = Enum("SplitChoice", {name: name for name in SPLITS}, type=str)  # --split choices
+
+
+@data_app.command("check")
+def check(
+    path: Path = typer.Argument(..., help="A .jsonl/.json/.parquet file, or an EntityQuestions folder <dir>/{train,dev,test}/<relation>.<split>.jsonl."),
+    split: Optional[SplitChoice] = typer.Option(None, "--split", help="Count only this split (filters still see every split)."),
+    drop_multi_answer: bool = typer.Option(False, "--drop-multi-answer", help="Drop examples with more than one gold answer (as the paper does)."),
+    drop_test_overlap: bool = typer.Option(False, "--drop-test-overlap", help="Drop train examples whose subject is also a test subject (as the paper does)."),
+    templates: Optional[Path] = typer.Option(None, "--templates", help=f"Relation question templates; default: {TEMPLATES_NAME} inside PATH when it is a folder."),
+) -> None:
+    """Validate a dataset and print its examples per relation and split; write nothing.
+
+    Bad input stops with the file, the line and the fix (exit status 2).
+    """
+    examples = load_examples(path)
+    relation_templates = _templates(path, templates) if drop_test_overlap else None
+    kept, report = apply_filters(examples, multi_answer=drop_multi_answer, test_overlap=drop_test_overlap, templates=relation_templates)
+    if split is not None:
+        kept = [example for example in kept if example.split == split.value]
+    console = Console()
+    scope = f" in the {split.value} split" if split else ""
+    console.print(f"{path}: {len(examples)} valid examples; {len(kept)} kept{scope}", soft_wrap=True, highlight=False)
+    console.print(_counts_table(kept, splits=(split.value,) if split else SPLITS))
+    if report.steps:
+        console.print(_filter_table(report))
+
+
+def _templates(path: Path, templates: Path | None) -> dict[str, str] | None:
+    if templates is not None:
+        return load_relation_templates(templates)
+    beside = path / TEMPLATES_NAME
+    return load_relation_templates(beside) if path.is_dir() and beside.is_file() else None
+
+
+def _counts_table(examples: list[QAExample], splits: tuple[str, ...]) -> Table:
+    counts = Counter((example.relation, example.split) for example in examples)
+    relations = sorted({relation for relation, _ in counts}, key=_relation_order)
+    table = Table(title="examples per relation and split", show_footer=True)
+    table.add_column("relation", footer="total")
+    for split in splits:
+        table.add_column(split, justify="right", footer=str(sum(counts[r, split] for r in relations)))
+    table.add_column("total", justify="right", footer=str(len(examples)))
+    for relation in relations:
+        row = [counts[relation, split] for split in splits]
+        table.add_row(relation, *map(str, row), str(sum(row)))
+    return table
+
+
+def _relation_order(relation: str) -> tuple[str, int, str]:
+    """Wikidata ids in numeric order (P17 before P106), then every other name alphabetically."""
+    digits = relation[1:]
+    return (relation[0], int(digits), "") if relation[:1].isalpha() and digits.isdigit() else ("~", 0, relation)
+
+
+def _filter_table(report: FilterReport) -> Table:
+    table = Table(title="examples removed by each filter, in order")
+    table.add_column("filter", no_wrap=True)
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("remaining", justify="right")
+    for step in report.steps:
+        per_split = [str(step.removed_by_split[split]) for split in SPLITS]
+        table.add_row(step.name, *per_split, str(step.removed), str(step.remaining))
+    return table

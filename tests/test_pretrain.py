@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from conftest import tiny_pretrain_config, tiny_world
+from knowtune.pretrain import PackedBlocks, load_exposures, pretrain, train_tokenizer
+from knowtune.provenance import model_fingerprint
+
+
+def test_pretrained_dir_loads_with_auto_classes(tiny_pretrained):
+    model = AutoModelForCausalLM.from_pretrained(tiny_pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_pretrained)
+    assert model.config.model_type == "llama"
+    ids = tokenizer("Q: Where does x work?\nA:", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape[-1] == model.config.vocab_size
+    assert tokenizer.decode(tokenizer("Hello, world!\nA: x")["input_ids"]) == "Hello, world!\nA: x"
+    for name in ("exposures.jsonl", "pretrain_config.yaml", "provenance.json", "tokenizer.json", "model.safetensors"):
+        assert (tiny_pretrained / name).is_file(), name
+    provenance = json.loads((tiny_pretrained / "provenance.json").read_text())
+    assert provenance["model_fingerprint"] == model_fingerprint(tiny_pretrained)
+    assert provenance["knowtune_version"] and provenance["seed"] == 0
+
+
+def test_exposure_ground_truth_covers_every_fact(tiny_pretrained):
+    exposures = load_exposures(tiny_pretrained)
+    world = tiny_world()
+    assert set(exposures) == {ex.id for ex in world.examples}
+    assert any(r["exposures"] == 0 for r in exposures.values()) and any(r["exposures"] > 3 for r in exposures.values())
+
+
+def test_same_seed_same_weights(tmp_path, tiny_pretrained):
+    pretrain(tiny_world(), tiny_pretrain_config(), tmp_path / "again", log=lambda _: None)
+    assert model_fingerprint(tmp_path / "again") == model_fingerprint(tiny_pretrained)
+    pretrain(tiny_world(), tiny_pretrain_config(seed=1), tmp_path / "other", log=lambda _: None)
+    assert model_fingerprint(tmp_path / "other") != model_fingerprint(tiny_pretrained)
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 7:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_gives_the_same_model(tmp_path, tiny_pretrained):
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_world(), tiny_pretrain_config(), out, log=lambda _: None, callbacks=[_Crash()])
+    assert (out / "checkpoints" / "checkpoint-5").is_dir() and not (out / "model.safetensors").exists()
+    lines = []
+    pretrain(tiny_world(), tiny_pretrain_config(), out, log=lines.append)
+    assert any("resuming from" in line for line in lines)
+    assert not (out / "checkpoints").exists()
+    a = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tiny_pretrained).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_packed_blocks_cover_the_corpus_in_equal_blocks():
+    documents = ["Q: a?\nA: b", "c is d.", "Answer the following question. e?\nf"] * 30
+    tokenizer = train_tokenizer(documents, 300)
+    blocks = PackedBlocks(documents, tokenizer, seq_len=16)
+    assert blocks.blocks.shape[1] == 16 and len(blocks) == blocks.num_tokens // 16
+    item = blocks[0]
+    assert torch.equal(item["input_ids"], item["labels"])
