@@ -1,0 +1,212 @@
+"""``knowtune curate``: build every requested variant in memory, validate, then write them.
+
+Output layout (``out``)::
+
+    variants.json              index of the variants (written last)
+    config.yaml                the resolved CurateConfig
+    <variant>/train.jsonl      QAExample records (category, p0, ps in metadata)
+    <variant>/manifest.json    counts per category, relation and relation x category,
+                               size, seed, source, config and provenance
+
+Nothing is written until every variant has been built and checked, and each file is
+written atomically, so an error leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from knowtune.config import StageConfig, save_config
+from knowtune.curate.annotated import AnnotatedExample, annotation_source, load_annotated
+from knowtune.curate.variants import (
+    SizeSplit,
+    filter_unknown,
+    natural_sample,
+    relabel_unknown,
+    single_category_sets,
+    unknown_ratio_variants,
+)
+from knowtune.errors import KnowtuneError
+from knowtune.slick.categories import CATEGORIES
+
+VariantKind = Literal["ratio", "known", "single", "natural", "idk", "filtered"]
+VARIANT_KINDS: tuple[str, ...] = ("ratio", "known", "single", "natural", "idk", "filtered")
+INDEX_FILE = "variants.json"
+
+_DESCRIPTIONS = {
+    "ratio": "|D| examples, {ratio}% Unknown taken per relation (fixed relation mix)",
+    "known": "D_{ratio} with its Unknown examples dropped",
+    "single": "only {category} examples, per relation as many as in every D_X",
+    "natural": "|D| examples drawn uniformly from all annotated examples (natural category and relation mix)",
+    "idk": "D_{ratio} with the answers of its Unknown examples replaced by {phrase!r}",
+    "filtered": "every annotated example of the split except the Unknown ones",
+}
+
+
+class CurateConfig(StageConfig):
+    """Settings of ``knowtune curate`` (YAML keys = CLI flags with ``-`` for ``_``)."""
+
+    annotations: str | None = None
+    data: str | None = None
+    out: str | None = None
+    split: Literal["train", "dev", "test", "all"] = "train"
+    unknown_ratios: list[int] = Field(default_factory=lambda: [0, 25, 50, 75, 100])
+    size: int | None = Field(default=None, ge=1)
+    size_split: SizeSplit = "paper"
+    seed: int = 0
+    idk_phrase: str = "I don't know"
+    idk_base_ratio: int = Field(default=50, ge=0, le=100)
+    variants: list[VariantKind] = Field(default_factory=lambda: list(VARIANT_KINDS), min_length=1)
+
+    @field_validator("unknown_ratios")
+    @classmethod
+    def _ratios(cls, value: list[int]) -> list[int]:
+        bad = [r for r in value if not 0 <= r <= 100]
+        if bad:
+            raise ValueError(f"ratios are percentages between 0 and 100, got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError("a ratio is listed twice")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_kinds(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a variant kind is listed twice")
+        return value
+
+    @field_validator("idk_phrase")
+    @classmethod
+    def _phrase(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the phrase is blank")
+        return value
+
+
+@dataclass
+class Variant:
+    """One curated training set: its name, kind, examples and the parameters that made it."""
+
+    name: str
+    kind: str
+    examples: list[AnnotatedExample]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self.kind].format(**self.params)
+
+
+def select_split(examples: Sequence[AnnotatedExample], split: str) -> list[AnnotatedExample]:
+    """The examples of ``split`` (``all``: every example); none is an error naming the splits present."""
+    chosen = list(examples) if split == "all" else [e for e in examples if e.split == split]
+    if not chosen:
+        present = sorted({e.split for e in examples})
+        raise KnowtuneError(f"no annotated example is in the {split!r} split (splits present: {', '.join(present)})",
+                            fix="pass --split with one of those, or --split all")
+    return chosen
+
+
+def build_variants(examples: Sequence[AnnotatedExample], config: CurateConfig) -> list[Variant]:
+    """Every variant ``config.variants`` asks for, from the examples of ``config.split``; raises before writing anything."""
+    pool = select_split(examples, config.split)
+    kinds = set(config.variants)
+    sizing = {"size": config.size, "seed": config.seed, "size_split": config.size_split}
+    ratios = list(config.unknown_ratios) if kinds & {"ratio", "known"} else []
+    if "idk" in kinds and config.idk_base_ratio not in ratios:
+        ratios.append(config.idk_base_ratio)
+    by_ratio = unknown_ratio_variants(pool, ratios, **sizing) if ratios else {}
+    variants: list[Variant] = []
+    if "ratio" in kinds:
+        variants += [Variant(f"D_{x}", "ratio", by_ratio[x], {"ratio": x}) for x in config.unknown_ratios]
+    if "known" in kinds:  # D_Known_0 would equal D_0 and D_Known_100 be empty
+        variants += [Variant(f"D_Known_{x}", "known", filter_unknown(by_ratio[x]), {"ratio": x}) for x in config.unknown_ratios if 0 < x < 100]
+    if "single" in kinds:
+        sets = single_category_sets(pool, **sizing)
+        variants += [Variant(f"D_{c}", "single", sets[c], {"category": c}) for c in CATEGORIES]
+    if "natural" in kinds:
+        variants.append(Variant("D_Natural", "natural", natural_sample(pool, config.size, config.seed)))
+    if "idk" in kinds:
+        x = config.idk_base_ratio
+        variants.append(Variant(f"D_IDK_{x}", "idk", relabel_unknown(by_ratio[x], config.idk_phrase), {"ratio": x, "phrase": config.idk_phrase}))
+    if "filtered" in kinds:
+        variants.append(Variant("D_Filtered", "filtered", filter_unknown(pool)))
+    empty = [v.name for v in variants if not v.examples]
+    if empty:
+        raise KnowtuneError(f"these variants would hold no examples: {', '.join(empty)}",
+                            fix="drop them from --variants / --unknown-ratios, or annotate more data")
+    return variants
+
+
+def counts(examples: Sequence[AnnotatedExample]) -> dict[str, Any]:
+    """Examples per category, per relation and per relation x category, and the Unknown share."""
+    by_pair = Counter((e.relation, e.category) for e in examples)
+    relations = sorted({e.relation for e in examples})
+    per_category = Counter(e.category for e in examples)
+    return {
+        "per_category": {c: per_category[c] for c in CATEGORIES},
+        "per_relation": {r: sum(by_pair[r, c] for c in CATEGORIES) for r in relations},
+        "per_relation_category": {r: {c: by_pair[r, c] for c in CATEGORIES} for r in relations},
+        "unknown_share": per_category["Unknown"] / len(examples) if examples else 0.0,
+    }
+
+
+def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateConfig, source: dict[str, Any]) -> dict[str, Any]:
+    """Write each variant's ``train.jsonl`` and ``manifest.json``, ``config.yaml`` and the index; return the index."""
+    from knowtune.io import atomic_write_json, atomic_write_jsonl
+    from knowtune.provenance import provenance
+
+    out = Path(out)
+    blocked = [p for p in (out, *(out / v.name for v in variants)) if p.exists() and not p.is_dir()]
+    if blocked:
+        raise KnowtuneError(f"{blocked[0]} exists and is not a directory", fix="pass another --out, or move that file away")
+    settings = config.model_dump(mode="json")
+    record = provenance(settings, seed=config.seed, source=source)
+    prepared = [(v, [e.to_record() for e in v.examples], _manifest(v, config, settings, source, record)) for v in variants]
+    for variant, records, manifest in prepared:
+        atomic_write_jsonl(out / variant.name / "train.jsonl", records)
+        atomic_write_json(out / variant.name / "manifest.json", manifest)
+    save_config(config, out / "config.yaml")
+    index = {
+        "variants": [
+            {"name": v.name, "kind": v.kind, "size": len(v.examples), "unknown_share": m["counts"]["unknown_share"],
+             "train": f"{v.name}/train.jsonl", "manifest": f"{v.name}/manifest.json", "description": v.description}
+            for v, _, m in prepared
+        ],
+        "seed": config.seed, "source": source, "config": settings, "provenance": record,
+    }
+    atomic_write_json(out / INDEX_FILE, index)
+    return index
+
+
+def _manifest(variant: Variant, config: CurateConfig, settings: dict[str, Any], source: dict[str, Any],
+              record: dict[str, Any]) -> dict[str, Any]:
+    manifest = {
+        "name": variant.name, "kind": variant.kind, "description": variant.description, "params": variant.params,
+        "size": len(variant.examples), "seed": config.seed, "split": config.split, "counts": counts(variant.examples),
+    }
+    if variant.kind == "idk":
+        manifest["relabelled"] = sum(e.category == "Unknown" for e in variant.examples)
+    manifest.update({"source": source, "config": settings, "provenance": record})
+    return manifest
+
+
+def run_curate(config: CurateConfig) -> dict[str, Any]:
+    """Load the annotations, build and validate every variant, then write them; returns the index."""
+    if not config.annotations:
+        raise KnowtuneError("no annotation directory given", fix="pass --annotations DIR (the --out of `knowtune annotate`)")
+    if not config.out:
+        raise KnowtuneError("no output directory given", fix="pass --out DIR")
+    from knowtune.data.loaders import _garbage_collection_paused  # curation makes no reference cycles either
+
+    with _garbage_collection_paused():
+        examples = load_annotated(config.annotations, config.data)
+        variants = build_variants(examples, config)
+        source = {**annotation_source(config.annotations), "data": config.data, "annotated_examples": len(examples), "split": config.split}
+        return write_variants(variants, config.out, config, source)
