@@ -37,19 +37,28 @@ def newline_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], *, batch_size: int = 64, max_new_tokens: int = 24) -> list[str]:
-    """Greedy answers to ``prompts`` with batched, left-padded ``model.generate``."""
+    """Greedy answers to ``prompts`` with batched, left-padded ``model.generate``.
+
+    Only ``input_ids`` and ``attention_mask`` reach ``generate`` (a tokenizer that also
+    returns ``token_type_ids``, as knowtune's own does, would make Llama's ``generate``
+    refuse them); the tokenizer's ``padding_side`` is restored afterwards.
+    """
+    side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = newline_token_ids(tokenizer)
     answers = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
-        new_tokens = output[:, encoded["input_ids"].shape[1] :]
-        answers.extend(extract_answer(text) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False).to(model.device)
+            output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            answers.extend(extract_answer(text) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
     return answers
 
 

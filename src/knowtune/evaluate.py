@@ -1,0 +1,311 @@
+"""Closed-book QA evaluation: exact match overall, per SliCK category and per relation,
+plus the abstention metrics of "I don't know" fine-tuning.
+
+Gekhman et al., EMNLP 2024 (arXiv 2405.05904): a model answers each question greedily,
+the answer is cut at the first newline and compared to the gold answers by exact match
+(:func:`knowtune.matching.is_correct`). With answers relabelled as ``idk_phrase`` for
+Unknown training examples (paper section 6, "I don't know" variant), accuracy is also
+reported on the answered questions only. For a group of n questions:
+
+    exact_match        = correct / n                  (an abstention counts as wrong)
+    answer_rate        = answered / n                 (answered: normalised answer != normalised idk_phrase)
+    accuracy_answered  = correct_and_answered / answered
+    hallucination_rate = (answered - correct_and_answered) / answered = 1 - accuracy_answered
+
+An empty generation is "answered" (it is not the abstention phrase) and wrong. Ratios over
+an empty group are ``None``. The scoring (:func:`score_predictions`) is a pure function of
+the predictions; :func:`evaluate_examples` adds the batched greedy generation.
+
+Prompts (:class:`PromptFormat`): ``finetuned`` renders the fine-tuning input
+``Answer the following question. <question>\\n`` (configurable ``template``); ``fewshot``
+renders SliCK's 4-shot ``Q: ... / A: ...`` prompt for base models, exemplars drawn once per
+relation from the dev split with ``seed`` (:func:`knowtune.recall.exemplar_sets`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from knowtune.config import StageConfig
+from knowtune.data.schema import QAExample
+from knowtune.errors import ConfigError, DataError
+from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, is_correct, normalize_answer
+from knowtune.slick.categories import CATEGORIES, KNOWN
+
+DEFAULT_TEMPLATE = "Answer the following question. {question}\n"
+DEFAULT_IDK = "I don't know"
+ANNOTATIONS_FILE = "annotations.jsonl"
+#: Group name of HighlyKnown + MaybeKnown + WeaklyKnown in ``per_category``.
+KNOWN_GROUP = "Known"
+GROUPS: tuple[str, ...] = (*CATEGORIES, KNOWN_GROUP)
+
+
+class PromptFormat(StageConfig):
+    """How a question becomes a prompt: the fine-tuning template or SliCK's few-shot prompt.
+
+    ``template`` must contain ``{question}`` (replaced literally, so other braces are text).
+    ``shots`` and ``seed`` apply to ``fewshot`` only: ``shots`` exemplars of the question's
+    relation, drawn once per relation from the exemplar pool (the dev split).
+    """
+
+    kind: Literal["finetuned", "fewshot"] = "finetuned"
+    template: str = DEFAULT_TEMPLATE
+    shots: int = Field(4, ge=0)
+    seed: int = 0
+
+    @field_validator("template")
+    @classmethod
+    def _has_question_slot(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("the prompt template must contain {question}, e.g. 'Answer the following question. {question}\\n'")
+        return value
+
+    def render(self, question: str) -> str:
+        """The fine-tuning prompt of ``question``."""
+        return self.template.replace("{question}", question)
+
+    def prompts(self, examples: Sequence[QAExample], exemplar_pool: Sequence[QAExample] = ()) -> list[str]:
+        """One prompt per example; ``fewshot`` needs ``exemplar_pool`` (dev examples of the same relations)."""
+        if self.kind == "finetuned":
+            return [self.render(ex.question) for ex in examples]
+        from knowtune.recall import exemplar_sets, few_shot_prompt
+
+        sets = exemplar_sets(list(exemplar_pool), self.shots, self.seed)
+        short = sorted({ex.relation for ex in examples if len(sets.get(ex.relation, [])) < self.shots})
+        if short:
+            raise ConfigError(
+                f"few-shot prompts need {self.shots} exemplars per relation from the dev split; too few for {', '.join(short)}",
+                fix="add dev examples of these relations, lower shots, or use the finetuned prompt format",
+            )
+        prompts = []
+        for ex in examples:
+            shots = [shot for shot in sets[ex.relation] if shot.id != ex.id][: self.shots]
+            prompts.append(few_shot_prompt(shots, ex.question))
+        return prompts
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scored answer."""
+
+    id: str
+    relation: str
+    question: str
+    answers: tuple[str, ...]
+    prediction: str
+    correct: bool
+    answered: bool
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupMetrics:
+    """Counts and rates of a group of predictions (definitions in the module docstring)."""
+
+    n: int
+    correct: int
+    answered: int
+    correct_answered: int
+
+    @property
+    def exact_match(self) -> float | None:
+        return self.correct / self.n if self.n else None
+
+    @property
+    def answer_rate(self) -> float | None:
+        return self.answered / self.n if self.n else None
+
+    @property
+    def accuracy_answered(self) -> float | None:
+        return self.correct_answered / self.answered if self.answered else None
+
+    @property
+    def hallucination_rate(self) -> float | None:
+        return (self.answered - self.correct_answered) / self.answered if self.answered else None
+
+    def to_dict(self) -> dict[str, Any]:
+        rates = {name: getattr(self, name) for name in ("exact_match", "answer_rate", "accuracy_answered", "hallucination_rate")}
+        return {**asdict(self), **rates}
+
+    @classmethod
+    def of(cls, predictions: Sequence[Prediction]) -> "GroupMetrics":
+        return cls(
+            n=len(predictions),
+            correct=sum(p.correct for p in predictions),
+            answered=sum(p.answered for p in predictions),
+            correct_answered=sum(p.correct and p.answered for p in predictions),
+        )
+
+
+@dataclass
+class EvalResult:
+    """Metrics overall, per category (the four SliCK categories and ``Known``, when
+    categories were given; examples without a category are counted in ``uncategorized``),
+    per relation, and the per-example predictions."""
+
+    overall: GroupMetrics
+    per_category: dict[str, GroupMetrics]
+    per_relation: dict[str, GroupMetrics]
+    predictions: list[Prediction] = field(repr=False)
+    uncategorized: int = 0
+
+    @property
+    def exact_match(self) -> float | None:
+        return self.overall.exact_match
+
+    def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "overall": self.overall.to_dict(),
+            "per_category": {name: group.to_dict() for name, group in self.per_category.items()},
+            "per_relation": {name: group.to_dict() for name, group in self.per_relation.items()},
+            "uncategorized": self.uncategorized,
+        }
+        if predictions:
+            record["predictions"] = [asdict(p) for p in self.predictions]
+        return record
+
+
+def score_predictions(
+    examples: Sequence[QAExample],
+    predictions: Sequence[str],
+    *,
+    categories: Mapping[str, str] | None = None,
+    idk_phrase: str = DEFAULT_IDK,
+    match: MatchConfig = DEFAULT_MATCH,
+) -> EvalResult:
+    """Score ``predictions`` (one extracted answer per example) against the gold answers."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
+    idk = normalize_answer(idk_phrase, match)
+    scored = [
+        Prediction(
+            id=ex.id, relation=ex.relation, question=ex.question, answers=ex.answers, prediction=text,
+            correct=is_correct(text, ex.answers, match), answered=normalize_answer(text, match) != idk,
+            category=categories.get(ex.id) if categories is not None else None,
+        )
+        for ex, text in zip(examples, predictions)
+    ]
+    per_category: dict[str, GroupMetrics] = {}
+    if categories is not None:
+        unknown = sorted({p.category for p in scored if p.category is not None and p.category not in CATEGORIES})
+        if unknown:
+            raise ConfigError(f"unknown SliCK categories {unknown}", fix=f"categories must be one of {', '.join(CATEGORIES)}")
+        for name in CATEGORIES:
+            per_category[name] = GroupMetrics.of([p for p in scored if p.category == name])
+        per_category[KNOWN_GROUP] = GroupMetrics.of([p for p in scored if p.category in KNOWN])
+    relations = sorted({p.relation for p in scored})
+    return EvalResult(
+        overall=GroupMetrics.of(scored),
+        per_category=per_category,
+        per_relation={r: GroupMetrics.of([p for p in scored if p.relation == r]) for r in relations},
+        predictions=scored,
+        uncategorized=sum(p.category is None for p in scored) if categories is not None else 0,
+    )
+
+
+def evaluate_examples(
+    model,
+    tokenizer,
+    examples: Sequence[QAExample],
+    *,
+    categories: Mapping[str, str] | None = None,
+    idk_phrase: str = DEFAULT_IDK,
+    batch_size: int = 64,
+    prompt_format: PromptFormat | None = None,
+    exemplar_pool: Sequence[QAExample] = (),
+    max_new_tokens: int = 24,
+    match: MatchConfig = DEFAULT_MATCH,
+) -> EvalResult:
+    """Greedy answers to ``examples`` (batched, left-padded ``generate``), scored by exact match.
+
+    The model is put in eval mode for the generation and returned to its previous mode.
+    """
+    from knowtune.recall import greedy_answers
+
+    prompt_format = prompt_format or PromptFormat()
+    prompts = prompt_format.prompts(examples, exemplar_pool)
+    was_training = model.training
+    model.eval()
+    try:
+        answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens) if prompts else []
+    finally:
+        model.train(was_training)
+    return score_predictions(examples, answers, categories=categories, idk_phrase=idk_phrase, match=match)
+
+
+def flat_metrics(prefix: str, result: EvalResult) -> dict[str, float | int | None]:
+    """``{prefix}/exact_match``, ``/answer_rate``, ``/accuracy_answered``, ``/hallucination_rate``,
+    ``/n``, and per group g of ``per_category``: ``{prefix}/exact_match/g``, ``/correct/g``, ``/n/g``."""
+    overall = result.overall
+    record: dict[str, float | int | None] = {
+        f"{prefix}/n": overall.n,
+        f"{prefix}/exact_match": overall.exact_match,
+        f"{prefix}/answer_rate": overall.answer_rate,
+        f"{prefix}/accuracy_answered": overall.accuracy_answered,
+        f"{prefix}/hallucination_rate": overall.hallucination_rate,
+    }
+    for name, group in result.per_category.items():
+        record[f"{prefix}/exact_match/{name}"] = group.exact_match
+        record[f"{prefix}/correct/{name}"] = group.correct
+        record[f"{prefix}/n/{name}"] = group.n
+    return record
+
+
+class EvalConfig(StageConfig):
+    """Settings of ``knowtune evaluate`` (stored in ``metrics.json``)."""
+
+    split: Literal["train", "dev", "test"] = "test"
+    prompt: PromptFormat = Field(default_factory=PromptFormat)
+    idk_phrase: str = DEFAULT_IDK
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
+    limit: int | None = Field(None, ge=1)
+
+
+def load_categories(path: str | Path) -> dict[str, str]:
+    """Example id -> SliCK category from a ``knowtune annotate`` output: its directory or
+    its ``annotations.jsonl`` (records with ``id`` and ``category``)."""
+    path = Path(path)
+    file = path / ANNOTATIONS_FILE if path.is_dir() else path
+    fix = "pass the --out directory of a finished `knowtune annotate` run"
+    if not file.is_file():
+        raise DataError(file, "no such annotations file", fix=fix)
+    categories: dict[str, str] = {}
+    for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(file, f"not valid JSON: {error.msg}", line=line_no, fix=fix) from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or record.get("category") not in CATEGORIES:
+            raise DataError(file, f"a record needs a string 'id' and a 'category' in {', '.join(CATEGORIES)}", line=line_no, fix=fix)
+        categories[record["id"]] = record["category"]
+    if not categories:
+        raise DataError(file, "no annotations", fix=fix)
+    return categories
+
+
+def metadata_categories(examples: Sequence[QAExample]) -> dict[str, str] | None:
+    """Categories that curated datasets carry in ``metadata["category"]``; None when no example has one."""
+    found = {ex.id: ex.metadata["category"] for ex in examples if ex.metadata.get("category") in CATEGORIES}
+    return found or None
+
+
+def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, *, model: str, model_fingerprint: str | None, data: str) -> None:
+    """``metrics.json`` (metrics, config, provenance) and ``predictions.jsonl``, each written atomically."""
+    from knowtune.io import atomic_write_json, atomic_write_jsonl
+    from knowtune.provenance import provenance
+
+    out = Path(out)
+    atomic_write_jsonl(out / "predictions.jsonl", [asdict(p) for p in result.predictions])
+    record = result.to_dict()
+    record["provenance"] = provenance(config.model_dump(mode="json"), seed=config.prompt.seed, model_fingerprint=model_fingerprint,
+                                      model=model, data=data, match_version=MATCH_VERSION)
+    atomic_write_json(out / "metrics.json", record)

@@ -1,0 +1,395 @@
+"""Supervised fine-tuning on closed-book QA, plain or with self-distillation, on transformers ``Trainer``.
+
+Gekhman et al., EMNLP 2024 (arXiv 2405.05904), section 2: the input is
+``Answer the following question. <question>`` and the target is the answer. Here a row is
+``prompt + answer + terminator`` (a newline, as in the pretraining corpus, or EOS) with
+labels -100 on the prompt, so the loss is the cross-entropy of the answer tokens only:
+
+    L_SFT = -(1/N) sum_{t in answer} log p(y_t | y_<t)
+
+``method: selfdistill`` adds a KL term to a teacher (Kaplan, Gekhman et al., arXiv
+2604.15574, 2026; formula in :mod:`knowtune.train.losses`). Outputs of :func:`train_model`
+under ``out_dir``: ``model/`` (final model, LoRA merged), ``adapter/`` (the LoRA adapter
+alone), ``best/`` (best-dev model, with ``save_best``), ``teacher/`` (the format-stage
+teacher), ``checkpoints/`` (Trainer checkpoints, for resuming), ``metrics.jsonl``,
+``config.yaml``, ``run.json`` and ``provenance.json`` (written last: the run is complete).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from knowtune.config import save_config
+from knowtune.data.schema import QAExample
+from knowtune.errors import ConfigError, KnowtuneError
+from knowtune.evaluate import PromptFormat
+from knowtune.io import atomic_write_json
+from knowtune.provenance import config_hash
+from knowtune.slick.categories import KNOWN
+from knowtune.train.callbacks import METRICS_FILE, EpochEvalCallback, read_metrics, save_model_dir
+from knowtune.train.config import TrainConfig
+
+_RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE)
+_RUN_DIRS = ("checkpoints", "model", "adapter", "best", "teacher", "format_stage", "runs")
+
+
+def build_sft_rows(examples: Sequence[QAExample], tokenizer, prompt_format: PromptFormat, *, terminator: str = "newline") -> list[dict[str, list[int]]]:
+    """``input_ids`` = prompt + answer + terminator, ``labels`` = -100 on the prompt, ids on the rest.
+
+    Prompt and answer are tokenized separately (no special tokens, as generation sees the
+    prompt), so the label boundary is exact. The target is the first gold answer.
+    """
+    if terminator == "eos" and tokenizer.eos_token_id is None:
+        raise ConfigError("answer_terminator is eos but the tokenizer has no EOS token", fix="set answer_terminator: newline")
+    prompts = tokenizer([prompt_format.render(ex.question) for ex in examples], add_special_tokens=False)["input_ids"]
+    suffix = "\n" if terminator == "newline" else ""
+    answers = tokenizer([ex.answers[0] + suffix for ex in examples], add_special_tokens=False)["input_ids"]
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        answer = list(answer) + ([tokenizer.eos_token_id] if terminator == "eos" else [])
+        ids = list(prompt) + answer
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer})
+    return rows
+
+
+@dataclass
+class SFTCollator:
+    """Pads ``input_ids`` (with ``pad_token_id``), ``attention_mask`` (0) and ``labels`` (-100)
+    to the longest row, on the right or the left; left padding adds ``position_ids`` so
+    that every row's first real token is at position 0."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+    label_pad_id: int = -100
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": self.label_pad_id}
+        batch = {}
+        for key, pad in pads.items():
+            values = [torch.as_tensor(row[key], dtype=torch.long) for row in rows]
+            if self.padding_side == "left":
+                values = [v.flip(0) for v in values]
+            padded = pad_sequence(values, batch_first=True, padding_value=pad)  # (B, T)
+            batch[key] = padded.flip(1) if self.padding_side == "left" else padded
+        if self.padding_side == "left":
+            batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)  # (B, T)
+        return batch
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` produced; ``metrics`` holds the ``metrics.jsonl`` records."""
+
+    out_dir: Path
+    model_dir: Path
+    metrics: list[dict[str, Any]]
+    best_epoch: int | None
+    best_dev_exact_match: float | None
+    epochs_run: int
+    stopped_early: bool
+    trainable: str | None = None
+    best_dir: Path | None = None
+
+    def at_epoch(self, epoch: int) -> dict[str, Any]:
+        """The metrics record of ``epoch`` (0 = before training)."""
+        for record in self.metrics:
+            if record["epoch"] == epoch:
+                return record
+        raise KeyError(f"no evaluation at epoch {epoch}")
+
+
+def apply_dropout(model, p: float) -> None:
+    """Set ``attention_dropout`` on the model config and on every module that reads it (Llama family)."""
+    if not hasattr(model.config, "attention_dropout"):
+        raise ConfigError(f"dropout is set but {type(model).__name__}'s config has no attention_dropout", fix="unset dropout for this model")
+    model.config.attention_dropout = p
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = p
+
+
+def prepare_model(model, config: TrainConfig, log: Callable[[str], None] = print):
+    """Dropout, LoRA adapters and freezing, in that order; returns ``(model, trainable description)``."""
+    from peft import LoraConfig, get_peft_model
+
+    from knowtune.train.freezing import set_trainable
+
+    if config.dropout is not None:
+        apply_dropout(model, config.dropout)
+    if config.lora is not None:
+        lora = config.lora
+        try:
+            peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM")
+            model = get_peft_model(model, peft_config)
+        except ValueError as error:
+            raise ConfigError(f"lora.target_modules: {error}", fix="name modules of this model (e.g. q_proj, v_proj) or use all-linear") from None
+    description = None
+    if config.train_only is not None:
+        description = set_trainable(model, config.train_only).describe()
+    elif config.lora is not None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        description = f"trainable {trainable:,} / {total:,} parameters ({100 * trainable / total:.1f}%), LoRA r={config.lora.r}"
+    if description:
+        log(description)
+    return model, description
+
+
+def _use_cpu(config: TrainConfig) -> bool:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is cuda but no CUDA device is available", fix="set device: auto or cpu")
+    return config.device == "cpu" or not torch.cuda.is_available()
+
+
+def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[str, Any]], output_dir: str | Path, *,
+                  callbacks: Sequence[Any] = (), teacher=None, method: str | None = None, epochs: int | None = None, save: bool = True):
+    """A ``Trainer`` (``method: sft``) or ``SelfDistillationTrainer`` (``selfdistill``) over ``rows``.
+
+    Checkpoints go to ``output_dir`` at every epoch end when ``save`` (all of them kept
+    with ``save_every_epoch``, else the last). An :class:`EpochEvalCallback` among
+    ``callbacks`` is placed before the reporters so they log its metrics.
+    """
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from knowtune.train.selfdistill import SelfDistillationTrainer
+
+    method = method or config.method
+    args = TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs or config.epochs, learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, lr_scheduler_type=config.lr_scheduler,
+        logging_strategy="epoch", save_strategy="epoch" if save else "no", save_total_limit=None if config.save_every_epoch else 1,
+        report_to=config.report_to or "none", logging_dir=str(Path(output_dir).parent / "runs"), seed=config.seed,
+        data_seed=config.seed, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config),
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    common = dict(model=model, args=args, train_dataset=list(rows), data_collator=SFTCollator(pad_id, config.padding_side),
+                  processing_class=tokenizer, callbacks=list(callbacks))
+    if method == "selfdistill":
+        trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
+    else:
+        trainer = Trainer(**common)
+    trainer.remove_callback(PrinterCallback)
+    handler = trainer.callback_handler.callbacks
+    for callback in [cb for cb in handler if isinstance(cb, EpochEvalCallback)]:
+        handler.remove(callback)  # after the ce/kl metrics (selfdistill), before the reporters
+        distill = getattr(trainer, "distill_metrics", None)
+        handler.insert(handler.index(distill) + 1 if distill in handler else 0, callback)
+    return trainer
+
+
+def _format_stage(config: TrainConfig) -> bool:
+    return config.method == "selfdistill" and config.selfdistill.teacher == "format_stage"
+
+
+def _check_inputs(config: TrainConfig, train: Sequence[QAExample], dev: Sequence[QAExample], categories: Mapping[str, str] | None) -> None:
+    if not train:
+        raise KnowtuneError("no training examples", fix="pass a dataset with a train split to --data")
+    if (config.early_stopping_patience is not None or config.save_best) and not dev:
+        raise ConfigError("early_stopping_patience and save_best select epochs by dev exact match, but there are no dev examples",
+                          fix="pass --dev PATH (or a dataset with a dev split), or unset early_stopping_patience and save_best")
+    if _format_stage(config):
+        if not categories or not any(categories.get(ex.id) in KNOWN for ex in train):
+            raise ConfigError("selfdistill.teacher is format_stage: the format stage trains on the Known training examples, "
+                              "but no training example has a Known category",
+                              fix="pass --annotations DIR (a `knowtune annotate` output), or set selfdistill.teacher: base")
+
+
+def check_reporters(report_to: Sequence[str]) -> None:
+    """Fail early (ConfigError) for a reporter transformers does not know or cannot start."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        reporters = get_reporting_integration_callbacks(list(report_to))
+        for reporter in reporters:
+            reporter()
+    except (ValueError, RuntimeError, ImportError) as error:
+        raise ConfigError(f"report_to {list(report_to)}: {error}", fix="install the reporter's package, or set report_to: [] (none)") from None
+
+
+def _data_hash(*splits: Sequence[QAExample]) -> str:
+    return config_hash([[(ex.id, ex.question, list(ex.answers)) for ex in split] for split in splits])
+
+
+def _check_resumable(out_dir: Path, run: dict[str, Any]) -> bool:
+    """Refuse to resume a run with other settings; True when ``out_dir`` holds this run, finished."""
+    saved_run = out_dir / "run.json"
+    if saved_run.is_file():
+        saved = json.loads(saved_run.read_text(encoding="utf-8"))
+        differing = sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k))
+        if differing:
+            detail = ", ".join(differing)
+            if "config" in differing:
+                old, new = saved.get("config") or {}, run["config"]
+                detail += " (config keys: " + ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) + ")"
+            raise KnowtuneError(f"{out_dir} holds a run with other settings: {detail} differ",
+                                fix="pass a new --out directory, rerun with the same settings to resume, or add --no-resume to start over")
+        return (out_dir / "provenance.json").is_file()
+    return False
+
+
+def _clear_run(out_dir: Path) -> None:
+    """Delete the files a previous run left in ``out_dir`` (only knowtune's own names)."""
+    for name in _RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in _RUN_DIRS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+def _load_finished(out_dir: Path) -> TrainResult:
+    info = json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))["result"]
+    best = out_dir / "best"
+    return TrainResult(out_dir, out_dir / "model", read_metrics(out_dir / METRICS_FILE), info["best_epoch"], info["best_dev_exact_match"],
+                       info["epochs_run"], info["stopped_early"], info.get("trainable"), best if best.is_dir() else None)
+
+
+def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, log):
+    """``(teacher, student)`` for ``method: selfdistill``; the teacher is frozen and never trained."""
+    from transformers import AutoModelForCausalLM
+
+    from knowtune.models import resolve_model
+
+    choice = config.selfdistill.teacher
+    if choice == "base":
+        return (None if config.lora is not None else copy.deepcopy(model)), model
+    if choice != "format_stage":
+        teacher = AutoModelForCausalLM.from_pretrained(resolve_model(choice))
+        if teacher.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
+            raise ConfigError(f"selfdistill.teacher {choice!r} has another vocabulary than the student", fix="use a teacher fine-tuned from the same base model")
+        return teacher, model
+    teacher_dir = out_dir / "teacher"
+    if (teacher_dir / "config.json").is_file():
+        log(f"format stage: reusing the teacher in {teacher_dir}")
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    else:
+        known = [ex for ex in train if categories.get(ex.id) in KNOWN]
+        log(f"format stage: {config.selfdistill.format_stage_epochs} epoch(s) of SFT on {len(known)} Known training examples")
+        from transformers import set_seed
+
+        set_seed(config.seed)
+        stage, _ = prepare_model(copy.deepcopy(model), config, log=lambda _: None)
+        rows = build_sft_rows(known, tokenizer, PromptFormat(template=config.prompt_template), terminator=config.answer_terminator)
+        build_trainer(config, stage, tokenizer, rows, out_dir / "format_stage", method="sft", epochs=config.selfdistill.format_stage_epochs, save=False).train()
+        teacher = stage.merge_and_unload() if hasattr(stage, "merge_and_unload") else stage
+        save_model_dir(teacher, tokenizer, teacher_dir)
+        shutil.rmtree(out_dir / "format_stage", ignore_errors=True)
+    teacher.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).requires_grad_(True) if config.selfdistill.student_from_format_stage else model
+    return teacher, student
+
+
+def train_model(
+    config: TrainConfig,
+    model_spec: str | Path,
+    train_examples: Sequence[QAExample],
+    dev_examples: Sequence[QAExample] = (),
+    test_examples: Sequence[QAExample] = (),
+    ood_examples: Sequence[QAExample] = (),
+    categories: Mapping[str, str] | None = None,
+    out_dir: str | Path = "train-out",
+    *,
+    callbacks: Sequence[Any] = (),
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune ``model_spec`` (a directory, hub id or ``default``) on ``train_examples``.
+
+    Validates everything before writing; resumes from the last checkpoint in
+    ``out_dir/checkpoints`` when ``resume`` (a finished run with the same settings is
+    returned as is). ``categories`` (example id -> SliCK category) enable per-category
+    metrics and the format-stage teacher. The same config, data and seed give the same metrics.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from knowtune.models import fingerprint_of
+
+    out_dir = Path(out_dir)
+    _check_inputs(config, train_examples, dev_examples, categories)
+    _use_cpu(config)
+    check_reporters(config.report_to)
+    splits = {"train": train_examples, "dev": dev_examples, "test": test_examples, "ood": ood_examples}
+    run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
+           "data_hash": _data_hash(*splits.values()), "categories_hash": config_hash(sorted((categories or {}).items()))}
+    if resume and _check_resumable(out_dir, run):
+        log(f"{out_dir} already holds this finished run")
+        return _load_finished(out_dir)
+
+    model, tokenizer, teacher, trainable = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log)
+    prompt_format = PromptFormat(template=config.prompt_template)
+    rows = build_sft_rows(train_examples, tokenizer, prompt_format, terminator=config.answer_terminator)
+    evaluator = EpochEvalCallback(
+        tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, prompt_format=prompt_format,
+        idk_phrase=config.idk_phrase, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+        max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
+        best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, log=log,
+    )
+    checkpoints = out_dir / "checkpoints"
+    trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks], teacher=teacher)
+    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    if last:
+        log(f"resuming from {last}")
+    trainer.train(resume_from_checkpoint=last)
+    return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, {k: len(v) for k, v in splits.items()})
+
+
+def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log):
+    """Load the model, make the teacher, apply dropout/LoRA/freezing; write ``config.yaml`` and
+    ``run.json`` only once every setting has been checked. Returns ``(model, tokenizer, teacher, trainable)``."""
+    from transformers import set_seed
+
+    from knowtune.models import load_model_and_tokenizer
+
+    set_seed(config.seed)
+    model, tokenizer = load_model_and_tokenizer(model_spec)
+    teacher, trainable = None, None
+    if _format_stage(config):  # the format stage needs the unprepared model: check the settings on a copy
+        prepare_model(copy.deepcopy(model), config, log=lambda _: None)
+    else:
+        if config.method == "selfdistill":
+            teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
+        set_seed(config.seed)
+        model, trainable = prepare_model(model, config, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _clear_run(out_dir)
+    save_config(config, out_dir / "config.yaml")
+    atomic_write_json(out_dir / "run.json", run)
+    if _format_stage(config):
+        teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
+        set_seed(config.seed)
+        model, trainable = prepare_model(model, config, log)
+    return model, tokenizer, teacher, trainable
+
+
+def _finish(config: TrainConfig, model, tokenizer, evaluator: EpochEvalCallback, out_dir: Path, run: dict[str, Any],
+            trainable: str | None, counts: dict[str, int]) -> TrainResult:
+    """Save the final model (and LoRA adapter), then ``provenance.json`` last; drop the checkpoints."""
+    from knowtune.provenance import model_fingerprint, provenance
+
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(out_dir / "adapter")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    save_model_dir(model, tokenizer, out_dir / "model")
+    stopper = evaluator.stopper
+    metrics = read_metrics(out_dir / METRICS_FILE)
+    epochs_run = max(r["epoch"] for r in metrics)
+    result = TrainResult(out_dir, out_dir / "model", metrics, stopper.best_epoch, stopper.best, epochs_run,
+                         stopped_early=epochs_run < config.epochs, trainable=trainable, best_dir=out_dir / "best" if config.save_best else None)
+    summary = {"best_epoch": result.best_epoch, "best_dev_exact_match": result.best_dev_exact_match, "epochs_run": epochs_run,
+               "stopped_early": result.stopped_early, "trainable": trainable}
+    atomic_write_json(out_dir / "provenance.json", provenance(
+        run["config"], seed=config.seed, model_fingerprint=run["base_model_fingerprint"], base_model=run["base_model"],
+        final_model_fingerprint=model_fingerprint(out_dir / "model"), data_hash=run["data_hash"], result=summary, examples=counts,
+    ))
+    if not config.save_every_epoch:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return result

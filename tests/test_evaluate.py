@@ -1,0 +1,117 @@
+"""Evaluation: the pure metric computation on hand-made predictions, prompts, and batched generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from knowtune.data.schema import QAExample
+from knowtune.errors import ConfigError, DataError
+from knowtune.evaluate import PromptFormat, evaluate_examples, flat_metrics, load_categories, metadata_categories, score_predictions
+from knowtune.models import load_model_and_tokenizer
+from conftest import tiny_world
+
+
+def _ex(i: int, answer: str, relation: str = "P1", split: str = "test") -> QAExample:
+    return QAExample(id=f"q{i}", relation=relation, question=f"Question {i}?", answers=(answer,), split=split)
+
+
+def test_answer_rate_and_hallucination_rate_on_hand_made_predictions():
+    examples = [_ex(0, "Paris"), _ex(1, "Rome"), _ex(2, "Oslo", "P2"), _ex(3, "Bern", "P2"), _ex(4, "Riga", "P2"), _ex(5, "Lima")]
+    predictions = ["paris", "I don't know.", "Bergen", "i dont know", "", "The Lima"]
+    categories = {"q0": "HighlyKnown", "q1": "Unknown", "q2": "Unknown", "q3": "MaybeKnown", "q4": "WeaklyKnown"}  # q5: none
+    result = score_predictions(examples, predictions, categories=categories, idk_phrase="I don't know")
+    assert [p.correct for p in result.predictions] == [True, False, False, False, False, True]
+    # Abstention is decided after normalisation: "I don't know." and "i dont know" are the phrase;
+    # an empty answer is not an abstention (it is answered, and wrong).
+    assert [p.answered for p in result.predictions] == [True, False, True, False, True, True]
+    overall = result.overall
+    assert (overall.n, overall.correct, overall.answered) == (6, 2, 4)
+    assert overall.exact_match == pytest.approx(2 / 6)
+    assert overall.answer_rate == pytest.approx(4 / 6)
+    assert overall.accuracy_answered == pytest.approx(2 / 4)
+    assert overall.hallucination_rate == pytest.approx(2 / 4)
+    unknown = result.per_category["Unknown"]
+    assert (unknown.n, unknown.answered, unknown.exact_match, unknown.hallucination_rate) == (2, 1, 0.0, 1.0)
+    assert result.per_category["Known"].n == 3 and result.per_category["HighlyKnown"].accuracy_answered == 1.0
+    assert result.uncategorized == 1
+    assert result.per_relation["P1"].exact_match == pytest.approx(2 / 3) and result.per_relation["P2"].answer_rate == pytest.approx(2 / 3)
+
+
+def test_abstaining_everywhere_leaves_answered_ratios_undefined():
+    examples = [_ex(0, "Paris"), _ex(1, "Rome")]
+    result = score_predictions(examples, ["Weiß nicht", "weiß nicht!"], idk_phrase="Weiß nicht")
+    assert result.overall.answer_rate == 0.0 and result.overall.exact_match == 0.0
+    assert result.overall.accuracy_answered is None and result.overall.hallucination_rate is None
+    assert result.per_category == {} and result.uncategorized == 0
+
+
+def test_an_idk_target_counts_as_correct_but_not_as_answered():
+    result = score_predictions([_ex(0, "I don't know")], ["I don't know"])
+    (p,) = result.predictions
+    assert p.correct and not p.answered and result.overall.correct_answered == 0
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="2 examples but 1 predictions"):
+        score_predictions([_ex(0, "a"), _ex(1, "b")], ["a"])
+    with pytest.raises(ConfigError, match="Knownish"):
+        score_predictions([_ex(0, "a")], ["a"], categories={"q0": "Knownish"})
+    with pytest.raises(ValueError, match="must contain {question}"):
+        PromptFormat(template="Answer: ")
+
+
+def test_flat_metrics_keys():
+    result = score_predictions([_ex(0, "x"), _ex(1, "y")], ["x", "z"], categories={"q0": "HighlyKnown", "q1": "Unknown"})
+    flat = flat_metrics("test", result)
+    assert flat["test/exact_match"] == 0.5 and flat["test/exact_match/Known"] == 1.0 and flat["test/correct/Unknown"] == 0
+    assert flat["test/n/MaybeKnown"] == 0 and flat["test/exact_match/MaybeKnown"] is None
+    assert flat["test/hallucination_rate"] == 0.5 and flat["test/answer_rate"] == 1.0
+
+
+def test_prompt_formats():
+    world = tiny_world()
+    dev, test = world.split("dev"), world.split("test")
+    assert PromptFormat().render("Who?") == "Answer the following question. Who?\n"
+    assert PromptFormat(template="Q: {question} {x}\nA:").render("Who?") == "Q: Who? {x}\nA:"
+    fewshot = PromptFormat(kind="fewshot", shots=2, seed=1)
+    prompts = fewshot.prompts(test, dev)
+    assert prompts == fewshot.prompts(test, dev) != PromptFormat(kind="fewshot", shots=2, seed=2).prompts(test, dev)
+    for ex, prompt in zip(test, prompts):
+        lines = prompt.split("\n")
+        assert len(lines) == 6 and lines[-2:] == [f"Q: {ex.question}", "A:"]
+        shots = [line[3:] for line in lines[:-2:2]]
+        assert all(q in {d.question for d in dev if d.relation == ex.relation} for q in shots)
+    for ex, prompt in zip(dev, fewshot.prompts(dev, dev)):  # a dev question never sees its own answer
+        assert prompt.count(ex.question) == 1
+    with pytest.raises(ConfigError, match="need 5 exemplars"):
+        PromptFormat(kind="fewshot", shots=5).prompts(test, dev)
+
+
+def test_batched_generation_matches_one_by_one(tiny_pretrained):
+    # A randomly initialised Llama answers every prompt differently (the pretrained one starts
+    # every answer with a newline), so a padding error would show in the answers.
+    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    model = LlamaForCausalLM(config)
+    model.train()
+    examples = tiny_world().split("test")[:6]
+    batched = evaluate_examples(model, tokenizer, examples, batch_size=6, max_new_tokens=6)
+    single = evaluate_examples(model, tokenizer, examples, batch_size=1, max_new_tokens=6)
+    assert [p.prediction for p in batched.predictions] == [p.prediction for p in single.predictions]
+    assert len({p.prediction for p in batched.predictions}) > 3
+    assert model.training and tokenizer.padding_side == "right"  # both restored
+
+
+def test_load_categories(tmp_path):
+    (tmp_path / "annotations.jsonl").write_text('{"id": "a", "category": "Unknown", "p0": 0}\n\n{"id": "b", "category": "MaybeKnown"}\n')
+    assert load_categories(tmp_path) == {"a": "Unknown", "b": "MaybeKnown"}
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "category": "Unknown"}\n{"id": "b", "category": "Known"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: a record needs"):
+        load_categories(tmp_path / "bad.jsonl")
+    with pytest.raises(DataError, match="no such annotations file"):
+        load_categories(tmp_path / "missing")
+    curated = [_ex(0, "a").model_copy(update={"metadata": {"category": "WeaklyKnown"}}), _ex(1, "b")]
+    assert metadata_categories(curated) == {"q0": "WeaklyKnown"} and metadata_categories([_ex(1, "b")]) is None
