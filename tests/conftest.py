@@ -16,25 +16,11 @@ def entityquestions_dir() -> Path:
     return SHARED_EQ
 
 
-def tiny_pretrain_config(**overrides):
-    """A pretraining config small enough to train in seconds on one core."""
-    from knowtune.pretrain import PretrainConfig
-
-    values = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seq_len=32, batch_size=8, epochs=1.0, warmup_steps=2, save_every_steps=5)
-    values.update(overrides)
-    return PretrainConfig.model_validate(values)
-
-
-def tiny_world(num_entities: int = 30, relations: int = 2, seed: int = 0):
-    from knowtune.world.synthetic import SyntheticWorldConfig, generate_synthetic_world
-
-    return generate_synthetic_world(SyntheticWorldConfig(num_entities=num_entities, relations=relations, seed=seed))
-
-
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory) -> Path:
     """A tiny model pretrained by knowtune on a tiny synthetic world (seconds)."""
     from knowtune.pretrain import pretrain
+    from knowtune.testing import tiny_pretrain_config, tiny_world
 
     out = tmp_path_factory.mktemp("tiny-model")
     pretrain(tiny_world(), tiny_pretrain_config(), out, log=lambda _: None)

@@ -10,7 +10,7 @@ from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
 from knowtune.evaluate import PromptFormat, evaluate_examples, flat_metrics, load_categories, metadata_categories, score_predictions
 from knowtune.models import load_model_and_tokenizer
-from conftest import tiny_world
+from knowtune.testing import tiny_world
 
 
 def _ex(i: int, answer: str, relation: str = "P1", split: str = "test") -> QAExample:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from conftest import tiny_pretrain_config, tiny_world
+from knowtune.testing import tiny_pretrain_config, tiny_world
 from knowtune.pretrain import PackedBlocks, load_exposures, pretrain, train_tokenizer
 from knowtune.provenance import model_fingerprint
 

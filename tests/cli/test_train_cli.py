@@ -12,7 +12,7 @@ from knowtune.cli.train import _with_lora, load_training_data
 from knowtune.data import save_examples
 from knowtune.errors import ConfigError
 from knowtune.train.config import TrainConfig
-from conftest import tiny_world
+from knowtune.testing import tiny_world
 
 CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
 

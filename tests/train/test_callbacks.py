@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, Tra
 
 from knowtune.models import load_model_and_tokenizer
 from knowtune.train.callbacks import EarlyStopping, EpochEvalCallback, eval_subset, read_metrics, save_model_dir
-from conftest import tiny_world
+from knowtune.testing import tiny_world
 
 
 def _categories(world):

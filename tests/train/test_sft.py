@@ -16,7 +16,7 @@ from knowtune.models import load_model_and_tokenizer
 from knowtune.train.config import TrainConfig
 from knowtune.train.callbacks import EpochEvalCallback
 from knowtune.train.sft import SFTCollator, apply_dropout, build_sft_rows, build_trainer, train_model
-from conftest import tiny_world
+from knowtune.testing import tiny_world
 
 IDK = "I don't know"
 # Fast settings: batch 1 and lr 5e-3 teach the constant "I don't know" answer within 3 epochs.

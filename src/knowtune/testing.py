@@ -1,0 +1,19 @@
+"""Tiny real models and worlds for tests and examples (seconds to build on one CPU core)."""
+
+from __future__ import annotations
+
+
+def tiny_pretrain_config(**overrides):
+    """A :class:`~knowtune.pretrain.PretrainConfig` small enough to train in seconds."""
+    from knowtune.pretrain import PretrainConfig
+
+    values = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seq_len=32, batch_size=8, epochs=1.0, warmup_steps=2, save_every_steps=5)
+    values.update(overrides)
+    return PretrainConfig.model_validate(values)
+
+
+def tiny_world(num_entities: int = 30, relations: int = 2, seed: int = 0):
+    """A small synthetic world (name-like keys, entity-disjoint splits)."""
+    from knowtune.world.synthetic import SyntheticWorldConfig, generate_synthetic_world
+
+    return generate_synthetic_world(SyntheticWorldConfig(num_entities=num_entities, relations=relations, seed=seed))
