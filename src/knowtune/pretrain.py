@@ -40,7 +40,7 @@ class PretrainConfig(StageConfig):
     intermediate_size: int = Field(512, ge=8)
     seq_len: int = Field(128, ge=16)
     batch_size: int = Field(16, ge=1)
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(4.0, gt=0)
     learning_rate: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(100, ge=0)
