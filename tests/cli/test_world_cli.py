@@ -68,3 +68,17 @@ def test_models_default_prints_a_loadable_directory(capsys):
     directory = out.strip().splitlines()[-1]
     assert AutoModelForCausalLM.from_pretrained(directory).config.model_type == "llama"
     assert AutoTokenizer.from_pretrained(directory).eos_token == "</s>"
+
+
+def test_exposure_check_validates_an_audit_of_a_pretrained_model(tmp_path, tiny_pretrained, capsys):
+    from knowtune.testing import tiny_world
+
+    tiny_world().save(tmp_path / "w")
+    code, _, err = run(["annotate", "--model", str(tiny_pretrained), "--data", str(tmp_path / "w"), "--split", "train", "--out", str(tmp_path / "audit"), "--n-ex", "2", "--n-samples", "2", "--k", "2", "--limit", "12"], capsys)
+    assert code == 0, err
+    code, out, _ = run(["models", "exposure-check", "--annotations", str(tmp_path / "audit"), "--model", str(tiny_pretrained), "--out", str(tmp_path / "check.json")], capsys)
+    assert code == 0 and "Spearman rho" in out
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["facts"] == 12 and set(result["per_category"]) == {"HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"}
+    code, _, err = run(["models", "exposure-check", "--annotations", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "annotations.jsonl" in err

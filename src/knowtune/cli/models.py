@@ -84,3 +84,37 @@ def recall_command(
     console.print(table)
     if out:
         atomic_write_json(out, {"rows": rows, "provenance": provenance(None, seed=seed, model_fingerprint=model_fingerprint(directory), world=loaded.name)})
+
+
+@models_app.command("exposure-check")
+def exposure_check_command(
+    annotations: Path = typer.Option(..., help="A `knowtune annotate` output directory (annotations.jsonl)."),
+    model: str = typer.Option("default", help="The knowtune-pretrained model that was audited (holds exposures.jsonl)."),
+    out: Optional[Path] = typer.Option(None, help="Write the validation as JSON here."),
+) -> None:
+    """Validate a SliCK audit against pretraining exposure: Spearman rho of exposure vs P0 and category."""
+    from knowtune.errors import DataError
+    from knowtune.exposure import validate_against_exposure
+    from knowtune.io import atomic_write_json
+    from knowtune.models import model_dir_of
+    from knowtune.pretrain import load_exposures
+
+    path = annotations / "annotations.jsonl"
+    if not path.is_file():
+        raise DataError(path, "not found", fix="pass the --out directory of a finished `knowtune annotate` run")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        result = validate_against_exposure(records, load_exposures(model_dir_of(model)))
+    except ValueError as error:
+        raise DataError(path, str(error), fix="audit the world the model was pretrained on") from None
+    console.print(f"{result['facts']:,} audited facts with ground truth")
+    console.print(f"Spearman rho(exposures, P0) = {result['spearman_exposure_p0']:.3f}; rho(exposures, category rank) = {result['spearman_exposure_category']:.3f}")
+    table = Table(title="exposures per pass by SliCK category")
+    for column in ("category", "facts", "mean", "median"):
+        table.add_column(column, justify="right")
+    for category, row in result["per_category"].items():
+        table.add_row(category, str(row["facts"]), "-" if row["mean_exposures"] is None else f"{row['mean_exposures']:.1f}", "-" if row["median_exposures"] is None else f"{row['median_exposures']:g}")
+    console.print(table)
+    console.print(f"category medians ordered HighlyKnown >= MaybeKnown >= WeaklyKnown >= Unknown: {result['category_medians_ordered']}")
+    if out:
+        atomic_write_json(out, result)
