@@ -43,7 +43,8 @@ def annotate(
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences decoded together [512]."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Examples per committed batch [64]."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Examples per committed batch [256]."),
+    prune_samples: Optional[bool] = typer.Option(None, "--prune-samples/--no-prune-samples", help="Stop sampled answers that can no longer be correct (exact; on by default)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: audit only shard i (0-based) of N; join with `annotate merge`."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard results of another protocol or model found in --out."),
 ) -> None:
@@ -59,7 +60,7 @@ def annotate(
         "relations": [r.strip() for r in relations.split(",") if r.strip()] if relations else None,
         "limit": limit, "n_ex": n_ex, "k": k, "exemplars_from": exemplars_from, "seed": seed, "n_samples": n_samples,
         "temperature": temperature, "top_k": top_k, "max_new_tokens": max_new_tokens, "chat_template": chat_template,
-        "device": device, "dtype": dtype, "batch_size": batch_size, "chunk_size": chunk_size, "shard": shard,
+        "device": device, "dtype": dtype, "batch_size": batch_size, "chunk_size": chunk_size, "shard": shard, "prune_samples": prune_samples,
         "overwrite": overwrite or None,
     }
     cfg = load_config(AnnotateConfig, config, overrides)

@@ -1,0 +1,133 @@
+"""Benchmark of ``knowtune annotate`` against a naive SliCK implementation.
+
+Naive baseline (what a straightforward reading of Gekhman et al., EMNLP 2024,
+arXiv 2405.05904, section 3 gives): for every example and each of its N_ex = 10 prompts,
+``model.generate`` on that one prompt for the greedy answer, then
+``model.generate(do_sample=True, temperature=0.5, top_k=40, num_return_sequences=16)``;
+batch 1, the prompt re-encoded every call. It uses the same prompts, the same stop rule
+(newline tokens and EOS end a sequence) and the same ``max_new_tokens`` as knowtune.
+
+knowtune ``exact`` and ``lazy`` run on the same examples through ``run_annotate``
+(timed end to end: data, model loading, generation, store and exports).
+
+Usage::
+
+    python benchmarks/annotate.py                       # default model, embedded world train split
+    python benchmarks/annotate.py --model DIR --data FILE --examples 200
+
+The last line reads ``lazy_vs_naive=<x> exact_vs_naive=<y> greedy_agreement=<percent>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from knowtune.matching import extract_answer
+from knowtune.slick.annotate import plan_audit, run_annotate
+from knowtune.slick.tokens import eos_token_ids, stop_token_mask
+from knowtune.slick.loading import load_model, resolve_model_dir
+from knowtune.slick.prompts import PromptBuilder
+from knowtune.slick.protocol import AnnotateConfig
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="model dir, hub id or `default`")
+    parser.add_argument("--data", default=None, help="dataset path; default: the embedded world's train split")
+    parser.add_argument("--split", default="train", help="split to audit")
+    parser.add_argument("--examples", type=int, default=200, help="number of audited examples")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="keep knowtune outputs here (default: a temp dir)")
+    return parser.parse_args()
+
+
+def default_data(tmp: Path) -> str:
+    """The embedded world written as one JSONL file (all splits: dev supplies the exemplars)."""
+    from knowtune.data import save_examples
+    from knowtune.world.embedded import load_embedded_world
+
+    path = tmp / "embedded.jsonl"
+    save_examples(load_embedded_world().examples, path)
+    return str(path)
+
+
+@torch.inference_mode()
+def naive(config: AnnotateConfig) -> tuple[float, dict[str, list[str]]]:
+    """Seconds and greedy answers per example id of the batch-1 ``model.generate`` baseline."""
+    plan = plan_audit(config, "float32")
+    model, tokenizer = load_model(resolve_model_dir(config.model), "cpu", "float32")
+    builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
+                            query_template=config.query_template, chat_template=config.chat_template)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    stops = stop_token_mask(tokenizer, vocab, config.stop, eos_token_ids(model, tokenizer)).nonzero().squeeze(1).tolist()
+    common = {"max_new_tokens": config.max_new_tokens, "eos_token_id": stops,
+              "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]}
+    greedy: dict[str, list[str]] = {}
+    warm = torch.tensor(builder.encode(["Q: warm up\nA:"]))
+    model.generate(warm, attention_mask=torch.ones_like(warm), do_sample=False, **common)  # first-call costs untimed
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    for _, example in plan.examples:
+        answers = []
+        for exemplar_set in plan.sets[example.relation]:
+            text = builder.prompt(exemplar_set.for_example(example.id), example.question)
+            ids = torch.tensor(builder.encode([text]))
+            n = ids.shape[1]
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **common)
+            answers.append(extract_answer(tokenizer.decode(out[0, n:], skip_special_tokens=True), config.stop))
+            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=config.temperature,
+                           top_k=config.top_k, num_return_sequences=config.n_samples, **common)
+        greedy[example.id] = answers
+    return time.perf_counter() - start, greedy
+
+
+def knowtune_run(config: AnnotateConfig, out: Path) -> tuple[float, dict[str, list[str]], dict]:
+    """Seconds, greedy answers per id and summary of one ``run_annotate`` call."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    summary = run_annotate(config.model_copy(update={"out": str(out)}))
+    seconds = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
+    return seconds, {r["id"]: r["greedy_answers"] for r in records}, summary
+
+
+def agreement(reference: dict[str, list[str]], *others: dict[str, list[str]]) -> float:
+    """Percent of (example, prompt) greedy answers identical to the reference, over all others."""
+    same = total = 0
+    for other in others:
+        for key, answers in reference.items():
+            same += sum(a == b for a, b in zip(answers, other[key]))
+            total += len(answers)
+    return 100.0 * same / total
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="knowtune-bench-"))
+    out = Path(args.out) if args.out else tmp
+    data = args.data or default_data(tmp)
+    config = AnnotateConfig(model=args.model, data=data, splits=[args.split], limit=args.examples, device="cpu")
+    print(f"model={args.model} data={data} examples={args.examples} threads={torch.get_num_threads()}", flush=True)
+    knowtune_run(config.model_copy(update={"limit": 2}), out / "warmup")  # imports and first-call costs untimed
+    t_lazy, g_lazy, s_lazy = knowtune_run(config.model_copy(update={"mode": "lazy"}), out / "lazy")
+    print(f"knowtune lazy:  {t_lazy:8.2f} s  generations={s_lazy['overall']['generations']}  counts={s_lazy['overall']['counts']}", flush=True)
+    t_exact, g_exact, s_exact = knowtune_run(config.model_copy(update={"mode": "exact"}), out / "exact")
+    print(f"knowtune exact: {t_exact:8.2f} s  generations={s_exact['overall']['generations']}  counts={s_exact['overall']['counts']}", flush=True)
+    t_naive, g_naive = naive(config)
+    print(f"naive:          {t_naive:8.2f} s  generations={len(g_naive) * config.n_ex * (1 + config.n_samples)}", flush=True)
+    same_categories = s_lazy["overall"]["counts"] == s_exact["overall"]["counts"]
+    print(f"lazy and exact category counts equal: {same_categories}")
+    print(f"lazy_vs_naive={t_naive / t_lazy:.1f} exact_vs_naive={t_naive / t_exact:.1f} "
+          f"greedy_agreement={agreement(g_naive, g_lazy, g_exact):.1f}")
+
+
+if __name__ == "__main__":
+    main()

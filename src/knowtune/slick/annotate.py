@@ -1,0 +1,259 @@
+"""``knowtune annotate``: the SliCK audit, end to end (plan, generate, score, store, export).
+
+Gekhman et al., EMNLP 2024 (arXiv 2405.05904), section 3. For each audited example,
+N_ex few-shot prompts (k exemplars each, drawn per relation by
+:mod:`knowtune.slick.exemplars`) give N_ex greedy answers and N_ex * n_samples samples;
+P0 = correct greedy / N_ex, Ps = correct samples / (N_ex * n_samples), and the category
+follows :mod:`knowtune.slick.categories`.
+
+Modes:
+
+* ``exact``: all 1 + n_samples generations of every prompt (exact P0 and Ps);
+* ``lazy`` (default): the N_ex greedy answers, then, only when P0 = 0, samples prompt by
+  prompt until the first correct one. Categories equal exact mode's because samples are
+  keyed by (seed, example, prompt, sample) and so identical in both modes.
+
+Work goes in batches of ``chunk_size`` examples of one relation, each committed to the
+SQLite store in one transaction, so a rerun resumes where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knowtune.config import save_config
+from knowtune.data.schema import QAExample
+from knowtune.errors import KnowtuneError
+from knowtune.io import atomic_write_json
+from knowtune.matching import extract_answer, normalize_answer
+from knowtune.provenance import config_hash, model_fingerprint
+from knowtune.slick.categories import CATEGORIES, verdict
+from knowtune.slick.exemplars import ExemplarSet, draw_exemplar_sets
+from knowtune.slick.generation import GREEDY, HFBackend, Request, compact_prefills
+from knowtune.slick.prompts import PromptBuilder
+from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, parse_shard, protocol_hash, resolve_dtype, stable_hash
+from knowtune.slick.pruning import pruner
+from knowtune.slick.results import check_out_dir, write_outputs
+from knowtune.slick.sampling import sample_keys
+from knowtune.slick.store import AnnotationStore, StoredRow
+from knowtune.slick.tokens import decode_batch
+
+ProgressHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class AuditPlan:
+    """What one run audits: its examples (with dataset positions), exemplar sets and protocol."""
+
+    examples: list[tuple[int, QAExample]]
+    total: int
+    sets: dict[str, list[ExemplarSet]]
+    protocol: dict[str, Any]
+    protocol_hash: str
+
+
+def example_hash(example: QAExample) -> str:
+    """A content hash of what the audit reads from an example (a changed example is redone)."""
+    return config_hash([example.relation, example.question, list(example.answers)])
+
+
+def load_audit_data(config: AnnotateConfig) -> tuple[list[QAExample], list[QAExample]]:
+    """(audited examples in dataset order, exemplar pool) from ``config.data``."""
+    from knowtune.data import load_examples
+    from knowtune.world.embedded import resolve_data_path
+
+    if not config.data:
+        raise KnowtuneError("no dataset given", fix="pass --data PATH (a .jsonl/.json/.parquet file, an EntityQuestions directory, or `embedded`)")
+    examples = load_examples(resolve_data_path(config.data))
+    if not examples:
+        raise KnowtuneError(f"{config.data}: the dataset is empty", fix="point --data at a file or directory that holds QA examples")
+    audited = [
+        e for e in examples
+        if (config.splits is None or e.split in config.splits) and (config.relations is None or e.relation in config.relations)
+    ]
+    if not audited:
+        present = sorted({e.split for e in examples}), sorted({e.relation for e in examples})
+        raise KnowtuneError(
+            f"{config.data}: no example matches splits={config.splits} relations={config.relations} "
+            f"(the data has splits {present[0]} and relations {present[1][:20]})",
+            fix="change --split / --relations, or leave them out to audit everything",
+        )
+    if config.limit is not None:
+        audited = audited[: config.limit]
+    pool = [e for e in examples if e.split == config.exemplars_from]
+    if not pool:
+        splits = sorted({e.split for e in examples})
+        raise KnowtuneError(
+            f"{config.data}: no {config.exemplars_from!r} split to draw few-shot exemplars from (splits present: {splits})",
+            fix="pass --exemplars-from train (the audited example is never its own exemplar), or add a dev split",
+        )
+    return audited, pool
+
+
+def plan_audit(config: AnnotateConfig, dtype: str) -> AuditPlan:
+    """Load the data, draw exemplar sets and fix the protocol (no model needed)."""
+    audited, pool = load_audit_data(config)
+    relations = sorted({e.relation for e in audited})
+    sets = draw_exemplar_sets(pool, relations, n_ex=config.n_ex, k=config.k, seed=config.seed, source=config.exemplars_from)
+    protocol = build_protocol(config, {r: [s.to_record() for s in sets[r]] for r in relations}, dtype)
+    shard = parse_shard(config.shard) if config.shard else None
+    mine = [(i, e) for i, e in enumerate(audited) if in_shard(e.id, shard)]
+    return AuditPlan(examples=mine, total=len(audited), sets=sets, protocol=protocol, protocol_hash=protocol_hash(protocol))
+
+
+def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None) -> dict[str, Any]:
+    """Run (or resume) the audit described by ``config``; returns the summary written to ``summary.json``."""
+    from knowtune.slick.loading import load_model, resolve_device, resolve_model_dir
+
+    if not config.out:
+        raise KnowtuneError("no output directory given", fix="pass --out DIR")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config, device)
+    plan = plan_audit(config, dtype)
+    model_dir = resolve_model_dir(config.model)
+    fingerprint = model_fingerprint(model_dir)
+    out = Path(config.out)
+    check_out_dir(out, plan.protocol_hash, fingerprint, plan.protocol, overwrite=config.overwrite)
+    atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
+    save_config(config, out / "config.yaml")
+    with AnnotationStore(out / "annotations.sqlite") as store:
+        store.set_meta({"shard": config.shard, "expected": len(plan.examples), "total": plan.total, "model": config.model})
+        done = store.done(fingerprint, plan.protocol_hash)
+        pending = [(i, e) for i, e in plan.examples if done.get(e.id) != example_hash(e)]
+        started = time.perf_counter()
+        if pending:
+            model, tokenizer = load_model(model_dir, device, dtype)
+            backend = HFBackend(model, tokenizer, stop=config.stop, max_new_tokens=config.max_new_tokens,
+                                temperature=config.temperature, top_k=config.top_k, batch_size=config.batch_size)
+            builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
+                                    query_template=config.query_template, chat_template=config.chat_template)
+            _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
+        wanted = {e.id: example_hash(e) for _, e in plan.examples}
+        rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id) == r.example_hash]
+    run_info = {"model": config.model, "model_dir": str(model_dir), "device": device, "shard": config.shard, "expected": len(plan.examples),
+                "examples_this_run": len(pending), "seconds_this_run": round(time.perf_counter() - started, 3)}
+    return write_outputs(out, rows, plan.protocol_hash, fingerprint, config.model_dump(mode="json"), config.seed, run_info)
+
+
+def _process(config, plan, pending, backend, builder, store, fingerprint, on_batch) -> None:
+    """Annotate ``pending`` relation by relation in committed batches, reporting progress."""
+    by_relation: dict[str, list[tuple[int, QAExample]]] = {}
+    for item in pending:
+        by_relation.setdefault(item[1].relation, []).append(item)
+    counts: Counter[str] = Counter()
+    finished, started = 0, time.perf_counter()
+    for relation in sorted(by_relation):
+        sets = plan.sets[relation]
+        backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for s in sets]))
+        items = by_relation[relation]
+        for start in range(0, len(items), config.chunk_size):
+            chunk = items[start:start + config.chunk_size]
+            rows = annotate_batch(config, backend, builder, sets, chunk)
+            store.put(fingerprint, plan.protocol_hash, rows)
+            counts.update(r.category for r in rows)
+            finished += len(rows)
+            if on_batch is not None:
+                elapsed = time.perf_counter() - started
+                rate = finished / elapsed if elapsed > 0 else 0.0
+                on_batch({"done": finished, "total": len(pending), "examples_per_s": rate,
+                          "eta_s": (len(pending) - finished) / rate if rate > 0 else None,
+                          "counts": {c: counts[c] for c in CATEGORIES}})
+
+
+def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: PromptBuilder, sets: Sequence[ExemplarSet],
+                   chunk: Sequence[tuple[int, QAExample]]) -> list[StoredRow]:
+    """Audit one batch of examples of a single relation (the backend holds its prefixes)."""
+    examples = [e for _, e in chunk]
+    prompts = builder.encode([builder.prompt(s.for_example(e.id), e.question) for e in examples for s in sets])
+    n_ex = len(sets)
+    ids = [prompts[j * n_ex:(j + 1) * n_ex] for j in range(len(examples))]  # ids[example][prompt]
+    keys = sample_keys(config.seed, [stable_hash(e.id) for e in examples], n_ex, config.n_samples)  # keys[example][prompt]
+
+    def samples(j: int, s: int) -> tuple[int, ...]:
+        return keys[j][s]
+
+    alive = [pruner(e.answers, config.match, config.stop) if config.prune_samples else None for e in examples]
+
+    score = _Scorer(backend.tokenizer, config, examples)
+    if config.mode == "exact":
+        pairs = [(j, s) for j in range(len(examples)) for s in range(n_ex)]
+        requests = [Request(s, tuple(ids[j][s]), (GREEDY, *samples(j, s)), alive=alive[j]) for j, s in pairs]
+        outputs = backend.generate(requests)
+        score.greedy([(j, s, rows[0]) for (j, s), rows in zip(pairs, outputs)])
+        score.samples([(j, rows[1:]) for (j, _), rows in zip(pairs, outputs)])
+    else:
+        _lazy(config, backend, score, ids, samples, alive)
+    return [score.row(j, position) for j, (position, _) in enumerate(chunk)]
+
+
+def _lazy(config: AnnotateConfig, backend: HFBackend, score: "_Scorer", ids: list[list[list[int]]], samples, alive) -> None:
+    """Lazy mode: greedy answers for all; then, only where P0 = 0, samples prompt by prompt
+    until the first correct one. Sampling reuses the greedy pass's prefill of each prompt."""
+    n_ex = len(ids[0])
+    pairs = [(j, s) for j in range(len(ids)) for s in range(n_ex)]
+    outputs, prefills = backend.generate_keeping_prefills([Request(s, tuple(ids[j][s]), (GREEDY,)) for j, s in pairs])
+    score.greedy([(j, s, rows[0]) for (j, s), rows in zip(pairs, outputs)])
+    undecided = [j for j in range(len(ids)) if score.greedy_correct[j] == 0]
+    wanted = [i for i, (j, _) in enumerate(pairs) if score.greedy_correct[j] == 0]
+    kept = dict(zip([pairs[i] for i in wanted], compact_prefills([prefills[i] for i in wanted])))
+    del prefills
+    for s in range(n_ex):
+        if not undecided or config.n_samples == 0:
+            break
+        requests = [Request(s, tuple(ids[j][s]), samples(j, s), kept.pop((j, s), None), alive[j]) for j in undecided]
+        score.samples(list(zip(undecided, backend.generate(requests))))
+        undecided = [j for j in undecided if score.sample_correct[j] == 0]
+
+
+class _Scorer:
+    """Decodes generated tokens, extracts and matches answers, and accumulates counts."""
+
+    def __init__(self, tokenizer, config: AnnotateConfig, examples: Sequence[QAExample]):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.examples = examples
+        self.golds = [{g for g in (normalize_answer(a, config.match) for a in e.answers) if g} for e in examples]
+        self.greedy_answers: list[list[str]] = [[""] * config.n_ex for _ in examples]
+        self.greedy_correct = [0] * len(examples)
+        self.sample_correct = [0] * len(examples)
+        self.drawn = [0] * len(examples)
+
+    def _answers(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        texts = decode_batch(self.tokenizer, rows if isinstance(rows, list) else list(rows))
+        return [extract_answer(t, self.config.stop) for t in texts]
+
+    def _correct(self, j: int, answer: str) -> bool:
+        """``matching.is_correct`` with the gold answers normalised once per example."""
+        return normalize_answer(answer, self.config.match) in self.golds[j]
+
+    def greedy(self, items: Sequence[tuple[int, int, Sequence[int]]]) -> None:
+        """Record greedy answers: (example, prompt, tokens) triples."""
+        for (j, prompt, _), answer in zip(items, self._answers([tokens for _, _, tokens in items])):
+            self.greedy_answers[j][prompt] = answer
+            self.greedy_correct[j] += self._correct(j, answer)
+
+    def samples(self, items: Sequence[tuple[int, Sequence[Sequence[int]]]]) -> None:
+        """Count correct samples: (example, rows of one prompt) pairs."""
+        answers = iter(self._answers([row for _, rows in items for row in rows]))
+        for j, rows in items:
+            self.sample_correct[j] += sum(self._correct(j, next(answers)) for _ in rows)
+            self.drawn[j] += len(rows)
+
+    def row(self, j: int, position: int) -> StoredRow:
+        example = self.examples[j]
+        n_ex = self.config.n_ex
+        v = verdict(self.greedy_correct[j], n_ex, self.sample_correct[j], self.drawn[j], n_ex * self.config.n_samples)
+        record = {
+            "id": example.id, "relation": example.relation, "split": example.split,
+            "question": example.question, "answers": list(example.answers),
+            "category": v.category, "p0": v.p0, "ps": v.p_s, "ps_computed": v.p_s is not None,
+            "greedy_answers": self.greedy_answers[j], "greedy_correct": v.greedy_correct,
+            "samples": v.samples, "sample_correct": v.sample_correct, "generations": v.generations,
+            "mode": self.config.mode,
+        }
+        return StoredRow(example.id, example_hash(example), position, v.category, record)

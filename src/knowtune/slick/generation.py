@@ -1,0 +1,402 @@
+"""The fast Hugging Face backend: batched greedy and sampled answers with shared prefixes.
+
+SliCK (Gekhman et al., EMNLP 2024, arXiv 2405.05904, section 3) needs, per question,
+N_ex = 10 four-shot prompts x (1 greedy + 16 samples at T = 0.5, top-k 40). Done naively
+that is 170 generations, each re-encoding a long few-shot prompt. Here:
+
+* the KV cache of each (relation, exemplar set) prefix is computed once
+  (:meth:`HFBackend.set_prefixes`) and shared by every question of the relation: rows of
+  one prefix attend to a single copy of it (:mod:`knowtune.slick.prefix_attention`), or,
+  for models outside transformers' attention registry, to a copy gathered per row;
+* each request (one prompt) is prefilled once and its cache is then repeated for its
+  rows (1 greedy + 16 sampled share one prefill);
+* all rows decode together in a loop of batched tensor ops; finished rows (newline
+  token, EOS or ``max_new_tokens``) leave the batch
+  (``DynamicCache.batch_select_indices``); there is no per-row Python work per token.
+
+Sampling (:mod:`knowtune.slick.sampling`) is keyed per row, so every sample is
+reproducible whatever batch it runs in.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from knowtune.slick.kvcache import preallocated_cache
+from knowtune.slick.prefix_attention import SharedPrefix, shared_prefix_attention_enabled, supports_shared_prefix
+from knowtune.slick.sampling import gumbel_noise
+from knowtune.slick.tokens import decode_batch, eos_token_ids, stop_token_mask
+
+GREEDY = -1
+_COMPACT_SHARE = 0.25  # done rows leave the batch once they are this share of it
+_HEADROOM = 8  # cache positions reserved for generated tokens before the storage has to grow
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """A prompt's state right after its prefill, kept to decode more rows later without
+    feeding the prompt again: row ``row`` of a batch's keys and values
+    (layers, 2, R, Hkv, S, D), right-aligned over its last ``length`` positions, the logits
+    of its last position (V,), its next position and how many prefix tokens it shares."""
+
+    batch_kv: torch.Tensor
+    row: int
+    length: int
+    logits: torch.Tensor
+    next_pos: int
+    shared: int
+
+    @property
+    def kv(self) -> torch.Tensor:
+        """This prompt's keys and values, (layers, 2, Hkv, length, D)."""
+        return self.batch_kv[:, :, self.row, :, self.batch_kv.shape[4] - self.length:]
+
+
+def compact_prefills(prefills: list[Prefill | None]) -> list[Prefill | None]:
+    """Copies of ``prefills`` that hold only their own rows (one gather per source batch),
+    so the batches they came from can be freed."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prefills):
+        if p is not None:
+            groups.setdefault(id(p.batch_kv), []).append(i)
+    out: list[Prefill | None] = list(prefills)
+    for members in groups.values():
+        first = prefills[members[0]]
+        rows = torch.tensor([prefills[i].row for i in members], device=first.batch_kv.device)
+        kv = first.batch_kv.index_select(2, rows)
+        logits = torch.stack([prefills[i].logits for i in members])
+        for new_row, i in enumerate(members):
+            p = prefills[i]
+            out[i] = Prefill(kv, new_row, p.length, logits[new_row], p.next_pos, p.shared)
+    return out
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt: the index of its prefix (exemplar set), its full token ids, and its rows.
+
+    ``keys`` has one entry per generated row: :data:`GREEDY` for a greedy row, otherwise
+    a 32-bit sampling key (:func:`knowtune.slick.sampling.row_key`). All rows share one prefill; ``prefill``, when
+    given (from :meth:`HFBackend.generate_keeping_prefills`), replaces it. ``alive``, when
+    given, tells from a sampled row's text so far whether it can still become a correct
+    answer (:mod:`knowtune.slick.pruning`); rows that cannot stop early.
+    """
+
+    prefix_index: int
+    prompt_ids: tuple[int, ...]
+    keys: tuple[int, ...]
+    prefill: Prefill | None = None
+    alive: Callable[[str], bool] | None = None
+
+
+def _legacy(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(key, value) per layer, each (B, heads, T, head_dim), from any transformers cache object."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(cache[i][0], cache[i][1]) for i in range(len(cache))]
+
+
+class HFBackend:
+    """Batched few-shot generation for one Hugging Face causal LM (model in eval mode).
+
+    ``shared_prefix`` chooses how rows see their prefix: one shared copy through
+    :mod:`knowtune.slick.prefix_attention` (default where the model supports it) or a
+    copy per row in the cache (any model).
+    """
+
+    def __init__(self, model, tokenizer, *, stop: str, max_new_tokens: int, temperature: float, top_k: int, batch_size: int,
+                 shared_prefix: bool | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.shared = supports_shared_prefix(model) if shared_prefix is None else shared_prefix
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.is_stop = stop_token_mask(tokenizer, vocab, stop, eos_token_ids(model, tokenizer)).to(self.device)
+        params = inspect.signature(model.forward).parameters
+        keep = [name for name in ("logits_to_keep", "num_logits_to_keep") if name in params]
+        self._keep = {keep[0]: 1} if keep else {}
+        self._prefix_ids: list[tuple[int, ...]] = []
+        self._prefix_layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # [prefix][layer] -> (Hkv, Lp, D) each
+        self._stacked: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.inference_mode()
+    def set_prefixes(self, prefixes: list[list[int]]) -> None:
+        """Prefill each prefix once (batch 1) and keep its keys and values."""
+        self._prefix_ids = [tuple(ids) for ids in prefixes]
+        self._prefix_layers = []
+        for ids in prefixes:
+            out = self.model(input_ids=torch.tensor([ids or [0]], device=self.device), use_cache=True)
+            self._prefix_layers.append([(k[0, :, :len(ids)], v[0, :, :len(ids)]) for k, v in _legacy(out.past_key_values)])
+        self._stacked = [] if self.shared else self._stack()
+
+    def _stack(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, all prefixes right-aligned in (n_prefixes, Hkv, Lmax, D) (the per-row-copy path)."""
+        length = max(len(ids) for ids in self._prefix_ids)
+        stacked = []
+        for layer, (k0, v0) in enumerate(self._prefix_layers[0]):
+            keys = k0.new_zeros((len(self._prefix_ids), k0.shape[0], length, k0.shape[2]))
+            values = v0.new_zeros((len(self._prefix_ids), v0.shape[0], length, v0.shape[2]))
+            for p, layers in enumerate(self._prefix_layers):
+                k, v = layers[layer]
+                keys[p, :, length - k.shape[1]:] = k
+                values[p, :, length - v.shape[1]:] = v
+            stacked.append((keys, values))
+        return stacked
+
+    def generate(self, requests: list[Request]) -> list[list[list[int]]]:
+        """Generated token ids per request, per row (stop token included, nothing after it)."""
+        return self._generate(requests, keep=False)[0]
+
+    def generate_keeping_prefills(self, requests: list[Request]) -> tuple[list[list[list[int]]], list[Prefill | None]]:
+        """Like :meth:`generate`, plus each request's :class:`Prefill` (None where the
+        per-row-copy path is used) for decoding more rows of the same prompt later."""
+        return self._generate(requests, keep=True)
+
+    def _generate(self, requests: list[Request], keep: bool):
+        results: list = [None] * len(requests)
+        prefills: list[Prefill | None] = [None] * len(requests)
+
+        def group(i: int) -> tuple[int, bool]:
+            return (requests[i].prefix_index if self.shared else 0, requests[i].prefill is not None)
+
+        order = sorted(range(len(requests)), key=lambda i: (group(i), len(requests[i].prompt_ids)))
+        batch: list[int] = []
+        rows = 0
+        for i in [*order, None]:
+            n = len(requests[i].keys) if i is not None else 0
+            if batch and (i is None or rows + n > self.batch_size or group(i) != group(batch[0])):
+                outputs, kept = self._decode([requests[b] for b in batch], keep)
+                for b, output, prefill in zip(batch, outputs, kept):
+                    results[b], prefills[b] = output, prefill
+                batch, rows = [], 0
+            if i is not None:
+                batch.append(i)
+                rows += n
+        return results, prefills
+
+    def _shared_length(self, request: Request) -> int:
+        """How many leading prompt tokens the cached prefix covers (at least one token is left)."""
+        prefix = self._prefix_ids[request.prefix_index]
+        limit = min(len(prefix), len(request.prompt_ids) - 1)
+        n = 0
+        while n < limit and prefix[n] == request.prompt_ids[n]:
+            n += 1
+        return n
+
+    def _suffixes(self, requests: list[Request]):
+        """Left-padded prompt parts after the shared prefix: ids and mask (R, S), positions, shared lengths."""
+        shared = [self._shared_length(r) for r in requests]
+        suffixes = [r.prompt_ids[n:] for r, n in zip(requests, shared)]
+        width = max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.bool)
+        for row, suffix in enumerate(suffixes):
+            ids[row, width - len(suffix):] = torch.tensor(suffix)
+            mask[row, width - len(suffix):] = True
+        positions = (torch.tensor(shared).unsqueeze(1) + mask.long().cumsum(1) - 1).clamp(min=0)  # (R, S)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device), shared
+
+    def _prefill_state(self, requests: list[Request]):
+        """The prefill inputs: ids, positions, the row mask that decoding extends (R, L) bool,
+        the mask given to the model, the cache, and the SharedPrefix (None on the per-row-copy path)."""
+        ids, suffix_mask, positions, shared = self._suffixes(requests)
+        rows, width = ids.shape
+        capacity = width + min(self.max_new_tokens, _HEADROOM)  # grows if a row runs longer
+        if self.shared:
+            prefix = self._shared_prefix(requests[0].prefix_index, shared)
+            empty = [(k.new_empty((rows, k.shape[0], 0, k.shape[2])), v.new_empty((rows, v.shape[0], 0, v.shape[2])))
+                     for k, v in zip(prefix.keys, prefix.values)]
+            causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()
+            mask4d = (causal & suffix_mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)  # (R, S, S)
+            return ids, positions, suffix_mask, _bias(mask4d.unsqueeze(1)), preallocated_cache(empty, capacity), prefix
+        length = self._stacked[0][0].shape[2]
+        index = torch.tensor([r.prefix_index for r in requests], device=self.device)
+        past = torch.zeros((rows, length), dtype=torch.bool, device=self.device)
+        for row, (request, n) in enumerate(zip(requests, shared)):
+            start = length - len(self._prefix_ids[request.prefix_index])
+            past[row, start:start + n] = True
+        cache = preallocated_cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in self._stacked], length + capacity)
+        mask = torch.cat([past, suffix_mask], dim=1)
+        return ids, positions, mask, mask.long(), cache, None
+
+    def _forward(self, ids, mask, positions, cache, prefix):
+        """One model call; returns float32 logits of the last position (R, V)."""
+        if prefix is None:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **self._keep)
+        else:
+            with shared_prefix_attention_enabled(self.model):
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                 use_cache=True, knowtune_prefix=prefix, **self._keep)
+        return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def _decode(self, requests: list[Request], keep: bool):
+        """Prefill every request once (or take its kept Prefill), repeat each cache for its
+        rows, decode all rows together. Returns (rows per request, Prefill or None per request)."""
+        kept: list[Prefill | None] = [None] * len(requests)
+        if requests[0].prefill is not None:
+            logits, mask, next_pos, cache, prefix = self._resume_state(requests)
+        else:
+            ids, positions, mask, model_mask, cache, prefix = self._prefill_state(requests)
+            logits = self._forward(ids, model_mask, positions, cache, prefix)
+            next_pos = positions[:, -1] + 1
+            if keep and prefix is not None:
+                kept = self._prefills(requests, cache, logits, next_pos, mask)
+        repeats = torch.tensor([len(r.keys) for r in requests], device=self.device)
+        expand = torch.repeat_interleave(torch.arange(len(requests), device=self.device), repeats)  # (N,)
+        state = _Rows(cache=cache, pending=expand, mask=mask.index_select(0, expand), prefix=_select_prefix(prefix, expand),
+                      next_pos=next_pos.index_select(0, expand),
+                      keys=torch.tensor([k for r in requests for k in r.keys], dtype=torch.int64, device=self.device),
+                      active=torch.arange(len(expand), device=self.device))
+        alive = [r.alive if key != GREEDY else None for r in requests for key in r.keys]
+        tokens = self._loop(logits.index_select(0, expand), state, alive if any(alive) else None)
+        rows, r = [], 0
+        for request in requests:
+            rows.append(tokens[r:r + len(request.keys)])
+            r += len(request.keys)
+        return rows, kept
+
+    def _prefills(self, requests, cache, logits, next_pos, mask) -> list[Prefill | None]:
+        """Each request's own keys/values (views without the left padding), logits and position."""
+        shapes = {tuple(layer.keys.shape) for layer in cache.layers} | {tuple(layer.values.shape) for layer in cache.layers}
+        if len(shapes) != 1:  # layers of different shapes: decode later rows from a fresh prefill
+            return [None] * len(requests)
+        kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])  # (layers, 2, R, Hkv, S, D)
+        lengths, positions = mask.sum(1).tolist(), next_pos.tolist()
+        return [Prefill(kv, r, n, logits[r], positions[r], self._shared_length(request)) for r, (request, n) in enumerate(zip(requests, lengths))]
+
+    def _resume_state(self, requests: list[Request]):
+        """(logits, row mask, next positions, cache, SharedPrefix) rebuilt from kept Prefills."""
+        prefills = [r.prefill for r in requests]
+        width = max(p.length for p in prefills)
+        layers, _, _, kv_heads, _, dim = prefills[0].batch_kv.shape
+        kv = prefills[0].kv.new_zeros((layers, 2, len(requests), kv_heads, width, dim))
+        mask = torch.zeros((len(requests), width), dtype=torch.bool, device=self.device)
+        for r, p in enumerate(prefills):  # right-aligned, as after a left-padded prefill
+            kv[:, :, r, :, width - p.length:] = p.kv
+            mask[r, width - p.length:] = True
+        prefix = self._shared_prefix(requests[0].prefix_index, [p.shared for p in prefills])
+        logits = torch.stack([p.logits for p in prefills])
+        next_pos = torch.tensor([p.next_pos for p in prefills], device=self.device)
+        cache = preallocated_cache([(kv[i, 0], kv[i, 1]) for i in range(layers)], width + min(self.max_new_tokens, _HEADROOM))
+        return logits, mask, next_pos, cache, prefix
+
+    def _shared_prefix(self, index: int, shared: list[int]) -> SharedPrefix:
+        """The SharedPrefix of prefix ``index`` for rows that share its first ``shared[r]`` tokens."""
+        layers = self._prefix_layers[index]
+        length = layers[0][0].shape[1]
+        row_bias = None
+        if min(shared) < length:
+            seen = torch.arange(length, device=self.device).unsqueeze(0) < torch.tensor(shared, device=self.device).unsqueeze(1)
+            row_bias = _bias(seen)
+        return SharedPrefix([k for k, _ in layers], [v for _, v in layers], row_bias)
+
+    def _choose(self, logits: torch.Tensor, keys: torch.Tensor, step: int) -> torch.Tensor:
+        """Greedy argmax for GREEDY rows; Gumbel-max over top-k(logits / T) for the others. (A,)
+
+        Sampling: argmax_j (l_j / T + G_j) over the top-k tokens j draws j with probability
+        softmax(top-k(l) / T)_j (the Gumbel-max trick), as ``generate(do_sample=True)`` does.
+        """
+        greedy_rows = keys == GREEDY
+        if bool(greedy_rows.all()):
+            return logits.argmax(-1)
+        token = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        sampled = (~greedy_rows).nonzero().squeeze(1)
+        values, index = logits.index_select(0, sampled).topk(min(self.top_k, logits.shape[-1]), dim=-1, sorted=False)  # (S, k)
+        pick = (values / self.temperature + gumbel_noise(keys.index_select(0, sampled), step, index)).argmax(-1, keepdim=True)
+        token[sampled] = index.gather(1, pick).squeeze(1)
+        if bool(greedy_rows.any()):
+            greedy = greedy_rows.nonzero().squeeze(1)
+            token[greedy] = logits.index_select(0, greedy).argmax(-1)
+        return token
+
+    def _loop(self, logits: torch.Tensor, state: "_Rows", alive: list | None = None) -> list[list[int]]:
+        """Decode all rows step by step. A row that emits a stop token is done; done rows leave
+        the batch as soon as they are at least ``_COMPACT_SHARE`` of it (one copy of the cache
+        for many rows, instead of one per step). After 1, 2, 4, 8, ... tokens, sampled rows
+        whose ``alive`` check fails are done too (their text so far is returned)."""
+        out = torch.full((logits.shape[0], self.max_new_tokens), -1, dtype=torch.long, device=self.device)  # (N, T)
+        done = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)  # (A,)
+        for step in range(self.max_new_tokens):
+            token = self._choose(logits, state.keys, step)  # (A,)
+            out[state.active, step] = token.masked_fill(done, -1)
+            done = done | self.is_stop[token]
+            if alive is not None and (step + 1) & step == 0:
+                done = done | self._rejected(out, state.active, done, alive, step)
+            n_done = int(done.sum())
+            if step == self.max_new_tokens - 1 or n_done == done.shape[0]:
+                break
+            if n_done and (state.pending is not None or n_done >= _COMPACT_SHARE * done.shape[0]):
+                idx = (~done).nonzero().squeeze(1)
+                token, done = token[idx], done[idx]
+                state.select(idx)
+            state.materialize()
+            state.mask = torch.cat([state.mask, state.mask.new_ones((state.mask.shape[0], 1))], dim=1)
+            mask = state.mask if state.prefix is None else _bias(state.mask[:, None, None, :])
+            logits = self._forward(token.unsqueeze(1), mask, state.next_pos.unsqueeze(1), state.cache, state.prefix)
+            state.next_pos = state.next_pos + 1
+        return [[t for t in row if t >= 0] for row in out.tolist()]
+
+    def _rejected(self, out: torch.Tensor, active: torch.Tensor, done: torch.Tensor, alive: list, step: int) -> torch.Tensor:
+        """(A,) bool: running rows whose text so far can no longer become a correct answer."""
+        rows = [(a, r) for a, (r, d) in enumerate(zip(active.tolist(), done.tolist())) if not d and alive[r] is not None]
+        rejected = torch.zeros_like(done)
+        if rows:
+            tokens = out.index_select(0, torch.tensor([r for _, r in rows], device=self.device))[:, :step + 1].tolist()
+            texts = decode_batch(self.tokenizer, tokens)
+            dead = [a for (a, r), text in zip(rows, texts) if not alive[r](text)]
+            rejected[dead] = True
+        return rejected
+
+
+@dataclass
+class _Rows:
+    """The rows in flight: their cache, attention mask over it, shared prefix, next positions, sampling keys, output rows.
+
+    Right after the prefill the cache holds one row per request and ``pending`` maps rows
+    to requests: the cache is repeated for the rows only before the first decoding step,
+    after the rows that are already done (stop token, or rejected) have left.
+    """
+
+    cache: object
+    pending: torch.Tensor | None  # (A,) request row of each row, until the cache is expanded
+    mask: torch.Tensor  # (A, Lr) bool
+    prefix: SharedPrefix | None
+    next_pos: torch.Tensor  # (A,)
+    keys: torch.Tensor  # (A,)
+    active: torch.Tensor  # (A,) row index in the output
+
+    def select(self, idx: torch.Tensor) -> None:
+        """Keep rows ``idx`` (finished rows leave the batch)."""
+        if self.pending is not None:
+            self.pending = self.pending[idx]
+        else:
+            self.cache.batch_select_indices(idx)
+        self.mask, self.next_pos, self.keys, self.active = self.mask[idx], self.next_pos[idx], self.keys[idx], self.active[idx]
+        self.prefix = _select_prefix(self.prefix, idx)
+
+    def materialize(self) -> None:
+        """Repeat the per-request cache for the rows still running (one copy)."""
+        if self.pending is not None:
+            self.cache.batch_select_indices(self.pending)
+            self.pending = None
+
+
+def _select_prefix(prefix: SharedPrefix | None, idx: torch.Tensor) -> SharedPrefix | None:
+    if prefix is None or prefix.row_bias is None:
+        return prefix
+    return SharedPrefix(prefix.keys, prefix.values, prefix.row_bias.index_select(0, idx))
+
+
+def _bias(mask: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias from a bool mask: 0 where True, -inf where False (float32)."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))

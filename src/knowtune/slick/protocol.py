@@ -1,0 +1,164 @@
+"""The SliCK audit protocol: one validated, serialisable, hashed spec stored with every result.
+
+Gekhman et al., "Does Fine-Tuning LLMs on New Knowledge Encourage Hallucinations?",
+EMNLP 2024 (arXiv 2405.05904), section 3: P_Correct(q, a; M, T) is estimated from
+N_ex = 10 random 4-shot prompts per relation (exemplars from the dev split of the same
+relation), 1 greedy answer and 16 samples at T = 0.5 (top-k 40) per prompt.
+Every number is a field of :class:`AnnotateConfig`; :func:`build_protocol` turns the
+config plus the drawn exemplar sets into the protocol record whose hash keys every
+stored result, so results of another protocol are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from knowtune import __version__
+from knowtune.config import StageConfig
+from knowtune.errors import ConfigError
+from knowtune.matching import MatchConfig
+from knowtune.provenance import config_hash
+
+PROTOCOL_VERSION = 1
+SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step) v1"
+
+
+class AnnotateConfig(StageConfig):
+    """Settings of ``knowtune annotate`` (YAML keys = CLI flags with ``-`` for ``_``).
+
+    Protocol fields (they change results, so they enter the protocol hash): ``n_ex``,
+    ``k``, ``exemplars_from``, ``seed``, ``n_samples``, ``temperature``, ``top_k``,
+    ``max_new_tokens``, ``stop``, the templates, ``chat_template``, ``match``, ``mode``
+    and the resolved ``dtype``. Run fields (``device``, ``batch_size``, ``chunk_size``,
+    ``shard``, ``prune_samples``, ...) only change speed or which examples one process handles.
+    """
+
+    model: str = "default"
+    data: str | None = None
+    out: str | None = None
+    splits: list[Literal["train", "dev", "test"]] | None = None
+    relations: list[str] | None = None
+    limit: int | None = Field(default=None, ge=1)
+    mode: Literal["lazy", "exact"] = "lazy"
+    n_ex: int = Field(default=10, ge=1)
+    k: int = Field(default=4, ge=0)
+    exemplars_from: Literal["dev", "train", "test"] = "dev"
+    seed: int = 0
+    n_samples: int = Field(default=16, ge=0)
+    temperature: float = Field(default=0.5, gt=0)
+    top_k: int = Field(default=40, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+    stop: str = Field(default="\n", min_length=1)
+    instruction: str = ""
+    exemplar_template: str = "Q: {question}\nA: {answer}\n"
+    query_template: str = "Q: {question}\nA:"
+    chat_template: bool = False
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prune_samples: bool = True
+    batch_size: int = Field(default=512, ge=1)
+    chunk_size: int = Field(default=256, ge=1)
+    shard: str | None = None
+    overwrite: bool = False
+
+    @field_validator("exemplar_template")
+    @classmethod
+    def _exemplar_fields(cls, value: str) -> str:
+        return _check_template(value, "exemplar_template", ("{question}", "{answer}"))
+
+    @field_validator("query_template")
+    @classmethod
+    def _query_fields(cls, value: str) -> str:
+        return _check_template(value, "query_template", ("{question}",))
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_shard(value)
+        return value
+
+
+def _check_template(value: str, key: str, fields: tuple[str, ...]) -> str:
+    missing = [f for f in fields if f not in value]
+    if missing:
+        raise ValueError(f"{key} must contain {', '.join(missing)}")
+    try:
+        value.format(question="q", answer="a")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"{key} has an unknown or malformed field ({error}); write literal braces as {{{{ }}}}") from None
+    return value
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N (shards are numbered from 0)."""
+    try:
+        index_text, count_text = spec.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"shard: {spec!r} is not of the form i/N", fix="write e.g. --shard 0/4 (shards are numbered 0..N-1)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"shard: {spec!r} needs 0 <= i < N", fix=f"use --shard 0/{max(count, 1)} .. --shard {max(count, 1) - 1}/{max(count, 1)}")
+    return index, count
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process (unlike ``hash()``)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic sharding: example ``id`` belongs to shard ``stable_hash(id) mod N``."""
+    return shard is None or stable_hash(example_id) % shard[1] == shard[0]
+
+
+def resolve_dtype(config: AnnotateConfig, device: str) -> str:
+    """``auto`` means bfloat16 on CUDA and float32 on CPU."""
+    if config.dtype != "auto":
+        return config.dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def build_protocol(config: AnnotateConfig, exemplar_sets: dict[str, list[dict[str, Any]]], dtype: str) -> dict[str, Any]:
+    """The full protocol record: everything that decides a result except the model.
+
+    ``exemplar_sets`` maps each relation to its N_ex sets, each
+    ``{"ids": [...k ids], "spare": id, "examples": [[question, answer], ...]}``.
+    """
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "knowtune_version": __version__,
+        "mode": config.mode,
+        "n_ex": config.n_ex,
+        "k": config.k,
+        "exemplars_from": config.exemplars_from,
+        "seed": config.seed,
+        "template": {
+            "instruction": config.instruction,
+            "exemplar": config.exemplar_template,
+            "query": config.query_template,
+            "chat_template": config.chat_template,
+        },
+        "decoding": {
+            "greedy_per_prompt": 1,
+            "samples_per_prompt": config.n_samples,
+            "temperature": config.temperature,
+            "top_k": config.top_k,
+            "max_new_tokens": config.max_new_tokens,
+            "stop": config.stop,
+            "dtype": dtype,
+            "sampler": SAMPLER,
+            "detokenize": "skip special tokens, no clean-up of tokenization spaces",
+        },
+        "match": config.match.model_dump(mode="json"),
+        "exemplar_sets": exemplar_sets,
+    }
+
+
+def protocol_hash(protocol: dict[str, Any]) -> str:
+    """The short stable hash that keys stored results (sorted-key JSON, sha256)."""
+    return config_hash(protocol)

@@ -1,0 +1,82 @@
+"""Bad input ends with a clear message, the fix, and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from knowtune.cli import main
+
+
+def cli(*args) -> int:
+    try:
+        main([*map(str, args)])
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0
+
+
+def _base(tiny_model, data, out):
+    return ("annotate", "--model", tiny_model, "--data", data, "--out", out, "--device", "cpu")
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_relation_with_too_few_exemplars(tiny_model, tiny_world, tmp_path, capsys):
+    assert cli(*_base(tiny_model, tiny_world[0], tmp_path / "o"), "--k", 8) == 2  # 8 dev examples, needs k + 1 = 9
+    err = capsys.readouterr().err
+    assert "needs k + 1 = 9" in err and "--exemplars-from train" in err and "Fix:" in err
+
+
+def test_dataset_without_dev_split_needs_exemplars_from_train(tiny_model, tiny_world, tmp_path, capsys):
+    data = _write(tmp_path / "train_only.jsonl", [r for r in tiny_world[1] if r["split"] == "train"])
+    assert cli(*_base(tiny_model, data, tmp_path / "o")) == 2
+    assert "--exemplars-from train" in capsys.readouterr().err
+    assert cli(*_base(tiny_model, data, tmp_path / "o"), "--exemplars-from", "train", "--limit", 4) == 0
+
+
+def test_empty_dataset(tiny_model, tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert cli(*_base(tiny_model, tmp_path / "empty.jsonl", tmp_path / "o")) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_model_that_cannot_be_loaded(tiny_world, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    assert cli(*_base(broken, tiny_world[0], tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "could not be loaded" in err and "Fix:" in err
+
+
+def test_out_dir_of_another_protocol_or_model(tiny_model, tiny_world, tmp_path, capsys):
+    base = _base(tiny_model, tiny_world[0], tmp_path / "o")
+    assert cli(*base, "--n-ex", 2, "--limit", 3) == 0
+    assert cli(*base, "--n-ex", 3, "--limit", 3) == 2
+    err = capsys.readouterr().err
+    assert "another protocol" in err and "n_ex" in err and "--overwrite" in err
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    assert cli(*_base(other, tiny_world[0], tmp_path / "o"), "--n-ex", 2, "--limit", 3) == 2
+    assert "model fingerprint" in capsys.readouterr().err
+    assert cli(*base, "--n-ex", 3, "--limit", 3, "--overwrite") == 0
+    assert json.loads((tmp_path / "o" / "protocol.json").read_text())["protocol"]["n_ex"] == 3
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--shard", "3/3", "0 <= i < N"),
+    ("--mode", "fast", "mode"),
+    ("--temperature", "0", "temperature"),
+])
+def test_bad_settings_name_the_key(tiny_model, tiny_world, tmp_path, capsys, flag, value, message):
+    assert cli(*_base(tiny_model, tiny_world[0], tmp_path / "o"), flag, value) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,86 @@
+"""The protocol spec and its hash, deterministic sharding, and per-relation exemplar sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from knowtune.data.schema import QAExample
+from knowtune.errors import ConfigError, KnowtuneError
+from knowtune.slick.exemplars import draw_exemplar_sets
+from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, parse_shard, protocol_hash, stable_hash
+
+
+def _hash(**changes) -> str:
+    return protocol_hash(build_protocol(AnnotateConfig(**changes), {"r": []}, "float32"))
+
+
+@pytest.mark.parametrize("change", [
+    {"temperature": 0.7}, {"top_k": 20}, {"n_samples": 8}, {"n_ex": 5}, {"k": 3}, {"seed": 1}, {"max_new_tokens": 8},
+    {"mode": "exact"}, {"query_template": "Question: {question}\nAnswer:"}, {"match": {"strip_articles": False}},
+    {"exemplars_from": "train"}, {"stop": "."},
+])
+def test_every_protocol_field_changes_the_hash(change):
+    assert _hash(**change) != _hash()
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 3}, {"chunk_size": 5}, {"device": "cpu"}, {"shard": "1/2"}, {"limit": 4}, {"out": "x"}])
+def test_run_settings_do_not_change_the_hash(change):
+    assert _hash(**change) == _hash()
+
+
+def test_hash_covers_dtype_and_exemplars():
+    config = AnnotateConfig()
+    base = protocol_hash(build_protocol(config, {"r": []}, "float32"))
+    assert protocol_hash(build_protocol(config, {"r": []}, "bfloat16")) != base
+    assert protocol_hash(build_protocol(config, {"r": [{"ids": ["a"]}]}, "float32")) != base
+
+
+def test_templates_are_validated():
+    with pytest.raises(ValueError, match="answer"):
+        AnnotateConfig(exemplar_template="Q: {question}\n")
+    with pytest.raises(ValueError, match="malformed"):
+        AnnotateConfig(query_template="Q: {question} {oops}")
+
+
+def test_shards_partition_deterministically():
+    ids = [f"ex-{i}" for i in range(300)]
+    owners = [[s for s in range(4) if in_shard(i, (s, 4))] for i in ids]
+    assert all(len(o) == 1 for o in owners)
+    assert all(40 < sum(o == [s] for o in owners) < 110 for s in range(4))
+    assert stable_hash("ex-0") == int.from_bytes(__import__("hashlib").sha256(b"ex-0").digest()[:8], "big")
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "x/2", "1", "-1/3"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+
+
+def _examples(relation: str, n: int, split: str = "dev") -> list[QAExample]:
+    return [QAExample(id=f"{relation}-{i}", relation=relation, question=f"q{i}?", answers=(f"a{i}",), split=split) for i in range(n)]
+
+
+def test_exemplar_sets_are_seeded_per_relation():
+    pool = _examples("r1", 12) + _examples("r2", 12)
+    one = draw_exemplar_sets(pool, ["r1"], n_ex=10, k=4, seed=0, source="dev")
+    both = draw_exemplar_sets(list(reversed(pool)), ["r1", "r2"], n_ex=10, k=4, seed=0, source="dev")
+    assert one["r1"] == both["r1"]  # order of the pool and other relations do not matter
+    assert draw_exemplar_sets(pool, ["r1"], n_ex=10, k=4, seed=1, source="dev")["r1"] != one["r1"]
+    for s in both["r2"]:
+        ids = [e.id for e in (*s.exemplars, s.spare)]
+        assert len(set(ids)) == 5 and all(i.startswith("r2-") for i in ids)
+    assert len({tuple(e.id for e in s.exemplars) for s in one["r1"]}) > 1
+
+
+def test_the_audited_example_is_never_its_own_exemplar():
+    pool = _examples("r", 5, split="train")
+    sets = draw_exemplar_sets(pool, ["r"], n_ex=10, k=4, seed=0, source="train")
+    for s in sets["r"]:
+        for example in pool:
+            used = s.for_example(example.id)
+            assert example.id not in [e.id for e in used] and len(used) == 4
+            assert [e.id for e in used if e.id != s.spare.id] == [e.id for e in s.exemplars if e.id != example.id]
+
+
+def test_too_few_candidates_is_an_error_with_a_fix():
+    with pytest.raises(KnowtuneError, match="needs k \\+ 1 = 5") as error:
+        draw_exemplar_sets(_examples("r", 4), ["r"], n_ex=10, k=4, seed=0, source="dev")
+    assert "--exemplars-from train" in error.value.fix
