@@ -32,3 +32,9 @@ def test_facts_without_ground_truth_are_ignored_and_too_few_is_an_error():
     assert validate_against_exposure(records, _exposures(pairs))["facts"] == 3
     with pytest.raises(ValueError, match="fewer than 3"):
         validate_against_exposure(records[:2], _exposures(pairs))
+
+
+def test_constant_input_gives_undefined_rho():
+    pairs = [("Unknown", 0.0, 0), ("Unknown", 0.0, 3), ("Unknown", 0.0, 9)]
+    result = validate_against_exposure(_records(pairs), _exposures(pairs))
+    assert result["spearman_exposure_p0"] is None and result["spearman_exposure_category"] is None

@@ -28,6 +28,13 @@ def _bucket_label(low: int, high: int) -> str:
     return f"{low}" if low == high else (f"{low}+" if high >= 10**9 else f"{low}-{high}")
 
 
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho, or None when either side is constant (rho undefined)."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
 def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict[str, dict], buckets=DEFAULT_BUCKETS) -> dict[str, Any]:
     """Compare annotation records (``id``, ``category``, ``p0``) with exposure ground truth.
 
@@ -37,8 +44,8 @@ def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict
     if len(rows) < 3:
         raise ValueError("fewer than 3 annotated facts have exposure ground truth")
     counts = [count for _, count in rows]
-    rho_p0 = spearmanr(counts, [r["p0"] for r, _ in rows]).statistic
-    rho_category = spearmanr(counts, [CATEGORY_ORDER.index(r["category"]) for r, _ in rows]).statistic
+    rho_p0 = _spearman(counts, [r["p0"] for r, _ in rows])
+    rho_category = _spearman(counts, [CATEGORY_ORDER.index(r["category"]) for r, _ in rows])
     per_category = {}
     for category in reversed(CATEGORY_ORDER):
         inside = [count for r, count in rows if r["category"] == category]
@@ -54,8 +61,8 @@ def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict
         by_bucket.append({"bucket": _bucket_label(low, high), "facts": len(inside), "shares": {c: (inside.count(c) / len(inside) if inside else 0.0) for c in reversed(CATEGORY_ORDER)}})
     return {
         "facts": len(rows),
-        "spearman_exposure_p0": float(rho_p0),
-        "spearman_exposure_category": float(rho_category),
+        "spearman_exposure_p0": rho_p0,
+        "spearman_exposure_category": rho_category,
         "per_category": per_category,
         "category_medians_ordered": all(a >= b for a, b in zip(medians, medians[1:])),
         "by_bucket": by_bucket,

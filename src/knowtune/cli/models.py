@@ -108,7 +108,8 @@ def exposure_check_command(
     except ValueError as error:
         raise DataError(path, str(error), fix="audit the world the model was pretrained on") from None
     console.print(f"{result['facts']:,} audited facts with ground truth")
-    console.print(f"Spearman rho(exposures, P0) = {result['spearman_exposure_p0']:.3f}; rho(exposures, category rank) = {result['spearman_exposure_category']:.3f}")
+    rho = lambda v: "undefined (constant input)" if v is None else f"{v:.3f}"  # noqa: E731
+    console.print(f"Spearman rho(exposures, P0) = {rho(result['spearman_exposure_p0'])}; rho(exposures, category rank) = {rho(result['spearman_exposure_category'])}")
     table = Table(title="exposures per pass by SliCK category")
     for column in ("category", "facts", "mean", "median"):
         table.add_column(column, justify="right")
