@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from knowtune.slick.kvcache import preallocated_cache
+from knowtune.slick.kvcache import preallocated_cache, require_layered_cache
 from knowtune.slick.prefix_attention import SharedPrefix, shared_prefix_attention_enabled, supports_shared_prefix
 from knowtune.slick.sampling import gumbel_noise
 from knowtune.slick.tokens import decode_batch, eos_token_ids, stop_token_mask
@@ -34,6 +34,7 @@ from knowtune.slick.tokens import decode_batch, eos_token_ids, stop_token_mask
 GREEDY = -1
 _COMPACT_SHARE = 0.25  # done rows leave the batch once they are this share of it
 _HEADROOM = 8  # cache positions reserved for generated tokens before the storage has to grow
+_PAD_SLACK = 1.3  # a batch's prompt tokens, padding included, stay within this factor of the real ones
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,10 @@ class Request:
     """One prompt: the index of its prefix (exemplar set), its full token ids, and its rows.
 
     ``keys`` has one entry per generated row: :data:`GREEDY` for a greedy row, otherwise
-    a 32-bit sampling key (:func:`knowtune.slick.sampling.row_key`). All rows share one prefill; ``prefill``, when
-    given (from :meth:`HFBackend.generate_keeping_prefills`), replaces it. ``alive``, when
-    given, tells from a sampled row's text so far whether it can still become a correct
-    answer (:mod:`knowtune.slick.pruning`); rows that cannot stop early.
+    a 32-bit sampling key (:mod:`knowtune.slick.sampling`). All rows share one prefill;
+    ``prefill``, when given (from :meth:`HFBackend.generate_keeping_prefills`), replaces
+    it. ``alive``, when given, tells from a sampled row's text so far whether it can still
+    become a correct answer (:mod:`knowtune.slick.pruning`); rows that cannot stop early.
     """
 
     prefix_index: int
@@ -110,6 +111,7 @@ class HFBackend:
 
     def __init__(self, model, tokenizer, *, stop: str, max_new_tokens: int, temperature: float, top_k: int, batch_size: int,
                  shared_prefix: bool | None = None):
+        require_layered_cache()
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -167,19 +169,21 @@ class HFBackend:
         def group(i: int) -> tuple[int, bool]:
             return (requests[i].prefix_index if self.shared else 0, requests[i].prefill is not None)
 
-        order = sorted(range(len(requests)), key=lambda i: (group(i), len(requests[i].prompt_ids)))
+        length = [len(r.prompt_ids) - (r.prefill.shared if r.prefill else self._shared_length(r)) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (group(i), length[i]))
         batch: list[int] = []
-        rows = 0
+        rows = tokens = 0
         for i in [*order, None]:
-            n = len(requests[i].keys) if i is not None else 0
-            if batch and (i is None or rows + n > self.batch_size or group(i) != group(batch[0])):
+            if batch and (i is None or rows + len(requests[i].keys) > self.batch_size or group(i) != group(batch[0])
+                          or (len(batch) + 1) * length[i] > _PAD_SLACK * (tokens + length[i])):
                 outputs, kept = self._decode([requests[b] for b in batch], keep)
                 for b, output, prefill in zip(batch, outputs, kept):
                     results[b], prefills[b] = output, prefill
-                batch, rows = [], 0
+                batch, rows, tokens = [], 0, 0
             if i is not None:
                 batch.append(i)
-                rows += n
+                rows += len(requests[i].keys)
+                tokens += length[i]
         return results, prefills
 
     def _shared_length(self, request: Request) -> int:
@@ -330,7 +334,7 @@ class HFBackend:
             token = self._choose(logits, state.keys, step)  # (A,)
             out[state.active, step] = token.masked_fill(done, -1)
             done = done | self.is_stop[token]
-            if alive is not None and (step + 1) & step == 0:
+            if alive is not None and ((step + 1) & step) == 0:  # after 1, 2, 4, 8, ... tokens
                 done = done | self._rejected(out, state.active, done, alive, step)
             n_done = int(done.sum())
             if step == self.max_new_tokens - 1 or n_done == done.shape[0]:
@@ -344,7 +348,8 @@ class HFBackend:
             mask = state.mask if state.prefix is None else _bias(state.mask[:, None, None, :])
             logits = self._forward(token.unsqueeze(1), mask, state.next_pos.unsqueeze(1), state.cache, state.prefix)
             state.next_pos = state.next_pos + 1
-        return [[t for t in row if t >= 0] for row in out.tolist()]
+        lengths = (out >= 0).sum(1).tolist()  # tokens are written left to right, so -1 only trails
+        return [row[:n] for row, n in zip(out.tolist(), lengths)]
 
     def _rejected(self, out: torch.Tensor, active: torch.Tensor, done: torch.Tensor, alive: list, step: int) -> torch.Tensor:
         """(A,) bool: running rows whose text so far can no longer become a correct answer."""

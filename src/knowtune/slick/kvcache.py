@@ -69,6 +69,17 @@ class PreallocatedLayer(DynamicLayer):
         self._refresh()
 
 
+def require_layered_cache() -> None:
+    """The per-layer ``Cache`` API used here arrived in transformers 4.56; fail clearly before it."""
+    if not hasattr(DynamicCache(), "layers"):
+        import transformers
+
+        from knowtune.errors import KnowtuneError
+
+        raise KnowtuneError(f"knowtune annotate needs transformers >= 4.56 (this is {transformers.__version__})",
+                            fix="pip install -U 'transformers>=4.56,<5'")
+
+
 def preallocated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> DynamicCache:
     """A ``DynamicCache`` holding ``layers`` [(keys, values) of (B, H, T, D)] with room for ``capacity`` positions."""
     cache = DynamicCache()

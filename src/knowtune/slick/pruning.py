@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 from knowtune.matching import MatchConfig, normalize_answer
 
@@ -57,4 +58,9 @@ def pruner(answers: Iterable[str], config: MatchConfig, stop: str) -> Callable[[
     if len(stop) != 1 or not config.collapse_whitespace:
         return None
     golds = tuple(g for g in {normalize_answer(a, config) for a in answers} if g)
-    return lambda partial: may_still_match(partial, golds, config)
+
+    @lru_cache(maxsize=4096)  # the samples of one example often share their first tokens
+    def alive(partial: str) -> bool:
+        return may_still_match(partial, golds, config)
+
+    return alive
