@@ -12,8 +12,8 @@ knowtune ``exact`` and ``lazy`` run on the same examples through ``run_annotate`
 
 Usage::
 
-    python benchmarks/annotate.py                       # default model, embedded world train split
-    python benchmarks/annotate.py --model DIR --data FILE --examples 200
+    python benchmarks/annotate.py                       # default model, 200 train examples of the embedded world
+    python benchmarks/annotate.py --model DIR --data FILE --examples 200 --pick first
 
 The last line reads ``lazy_vs_naive=<x> exact_vs_naive=<y> greedy_agreement=<percent>``.
 """
@@ -43,18 +43,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="dataset path; default: the embedded world's train split")
     parser.add_argument("--split", default="train", help="split to audit")
     parser.add_argument("--examples", type=int, default=200, help="number of audited examples")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--pick", choices=["spread", "first"], default="spread",
+                        help="spread: the examples are taken round-robin over the relations; first: in dataset order")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both sides (1: on a busy 2-core machine more threads stall in OpenMP waits)")
     parser.add_argument("--out", default=None, help="keep knowtune outputs here (default: a temp dir)")
     return parser.parse_args()
 
 
-def default_data(tmp: Path) -> str:
-    """The embedded world written as one JSONL file (all splits: dev supplies the exemplars)."""
-    from knowtune.data import save_examples
+def benchmark_data(source: str | None, split: str, n: int, pick: str, tmp: Path) -> str:
+    """A JSONL file with the ``n`` audited examples of ``split`` (taken round-robin over the
+    relations, or the first ``n``) and every example of the other splits (the exemplar pool)."""
+    from knowtune.data import load_examples, save_examples
     from knowtune.world.embedded import load_embedded_world
 
-    path = tmp / "embedded.jsonl"
-    save_examples(load_embedded_world().examples, path)
+    examples = list(load_embedded_world().examples) if source is None else load_examples(source)
+    audited = [e for e in examples if e.split == split]
+    if pick == "spread":
+        by_relation: dict[str, list] = {}
+        for e in audited:
+            by_relation.setdefault(e.relation, []).append(e)
+        queues = [by_relation[r] for r in sorted(by_relation)]
+        audited = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    chosen = {e.id for e in audited[:n]}
+    path = tmp / "benchmark.jsonl"
+    save_examples([e for e in examples if e.split != split or e.id in chosen], path)
     return str(path)
 
 
@@ -113,9 +126,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="knowtune-bench-"))
     out = Path(args.out) if args.out else tmp
-    data = args.data or default_data(tmp)
-    config = AnnotateConfig(model=args.model, data=data, splits=[args.split], limit=args.examples, device="cpu")
-    print(f"model={args.model} data={data} examples={args.examples} threads={torch.get_num_threads()}", flush=True)
+    data = benchmark_data(args.data, args.split, args.examples, args.pick, tmp)
+    config = AnnotateConfig(model=args.model, data=data, splits=[args.split], device="cpu")
+    print(f"model={args.model} data={args.data or 'embedded'} split={args.split} examples={args.examples} ({args.pick}) "
+          f"threads={torch.get_num_threads()}", flush=True)
     knowtune_run(config.model_copy(update={"limit": 2}), out / "warmup")  # imports and first-call costs untimed
     t_lazy, g_lazy, s_lazy = knowtune_run(config.model_copy(update={"mode": "lazy"}), out / "lazy")
     print(f"knowtune lazy:  {t_lazy:8.2f} s  generations={s_lazy['overall']['generations']}  counts={s_lazy['overall']['counts']}", flush=True)

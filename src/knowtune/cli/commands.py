@@ -7,3 +7,4 @@ from knowtune.cli import models  # noqa: F401
 from knowtune.cli import world  # noqa: F401
 from knowtune.cli import train  # noqa: F401
 from knowtune.cli import evaluate  # noqa: F401
+from knowtune.cli import study  # noqa: F401

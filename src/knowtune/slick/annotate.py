@@ -141,71 +141,80 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
 
 
 def _process(config, plan, pending, backend, builder, store, fingerprint, on_batch) -> None:
-    """Annotate ``pending`` relation by relation in committed batches, reporting progress."""
-    by_relation: dict[str, list[tuple[int, QAExample]]] = {}
-    for item in pending:
-        by_relation.setdefault(item[1].relation, []).append(item)
+    """Annotate ``pending`` in dataset order, in committed batches of ``chunk_size`` examples
+    (of any relations: one decoding batch may mix prompts of several prefixes), reporting progress."""
     counts: Counter[str] = Counter()
     finished, started = 0, time.perf_counter()
-    for relation in sorted(by_relation):
-        sets = plan.sets[relation]
-        backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for s in sets]))
-        items = by_relation[relation]
-        for start in range(0, len(items), config.chunk_size):
-            chunk = items[start:start + config.chunk_size]
-            rows = annotate_batch(config, backend, builder, sets, chunk)
-            store.put(fingerprint, plan.protocol_hash, rows)
-            counts.update(r.category for r in rows)
-            finished += len(rows)
-            if on_batch is not None:
-                elapsed = time.perf_counter() - started
-                rate = finished / elapsed if elapsed > 0 else 0.0
-                on_batch({"done": finished, "total": len(pending), "examples_per_s": rate,
-                          "eta_s": (len(pending) - finished) / rate if rate > 0 else None,
-                          "counts": {c: counts[c] for c in CATEGORIES}})
+    for start in range(0, len(pending), config.chunk_size):
+        chunk = pending[start:start + config.chunk_size]
+        rows = annotate_batch(config, backend, builder, plan.sets, chunk)
+        store.put(fingerprint, plan.protocol_hash, rows)
+        counts.update(r.category for r in rows)
+        finished += len(rows)
+        if on_batch is not None:
+            elapsed = time.perf_counter() - started
+            rate = finished / elapsed if elapsed > 0 else 0.0
+            on_batch({"done": finished, "total": len(pending), "examples_per_s": rate,
+                      "eta_s": (len(pending) - finished) / rate if rate > 0 else None,
+                      "counts": {c: counts[c] for c in CATEGORIES}})
 
 
-def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: PromptBuilder, sets: Sequence[ExemplarSet],
+@dataclass
+class _Prompts:
+    """The prompts of a batch: token ids[example][prompt], their prefix indices, sampling
+    keys[example][prompt] and each example's early-rejection check."""
+
+    ids: list[list[tuple[int, ...]]]
+    prefix: list[list[int]]
+    keys: list[list[tuple[int, ...]]]
+    alive: list
+
+    def request(self, j: int, s: int, keys: tuple[int, ...], prefill=None) -> Request:
+        return Request(self.prefix[j][s], self.ids[j][s], keys, prefill, self.alive[j])
+
+
+def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: PromptBuilder, sets: dict[str, list[ExemplarSet]],
                    chunk: Sequence[tuple[int, QAExample]]) -> list[StoredRow]:
-    """Audit one batch of examples of a single relation (the backend holds its prefixes)."""
+    """Audit one batch of examples: the prefixes of their relations go to the backend, then
+    exact or lazy generation, then scoring."""
     examples = [e for _, e in chunk]
-    prompts = builder.encode([builder.prompt(s.for_example(e.id), e.question) for e in examples for s in sets])
-    n_ex = len(sets)
-    ids = [prompts[j * n_ex:(j + 1) * n_ex] for j in range(len(examples))]  # ids[example][prompt]
-    keys = sample_keys(config.seed, [stable_hash(e.id) for e in examples], n_ex, config.n_samples)  # keys[example][prompt]
-
-    def samples(j: int, s: int) -> tuple[int, ...]:
-        return keys[j][s]
-
-    alive = [pruner(e.answers, config.match, config.stop) if config.prune_samples else None for e in examples]
-
+    relations = sorted({e.relation for e in examples})
+    offset = {r: i * config.n_ex for i, r in enumerate(relations)}  # prefix index of (relation, set s): offset + s
+    backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for r in relations for s in sets[r]]))
+    n_ex = config.n_ex
+    encoded = builder.encode([builder.prompt(s.for_example(e.id), e.question) for e in examples for s in sets[e.relation]])
+    prompts = _Prompts(
+        ids=[[tuple(ids) for ids in encoded[j * n_ex:(j + 1) * n_ex]] for j in range(len(examples))],
+        prefix=[[offset[e.relation] + s for s in range(n_ex)] for e in examples],
+        keys=sample_keys(config.seed, [stable_hash(e.id) for e in examples], n_ex, config.n_samples),
+        alive=[pruner(e.answers, config.match, config.stop) if config.prune_samples else None for e in examples],
+    )
     score = _Scorer(backend.tokenizer, config, examples)
     if config.mode == "exact":
         pairs = [(j, s) for j in range(len(examples)) for s in range(n_ex)]
-        requests = [Request(s, tuple(ids[j][s]), (GREEDY, *samples(j, s)), alive=alive[j]) for j, s in pairs]
-        outputs = backend.generate(requests)
+        outputs = backend.generate([prompts.request(j, s, (GREEDY, *prompts.keys[j][s])) for j, s in pairs])
         score.greedy([(j, s, rows[0]) for (j, s), rows in zip(pairs, outputs)])
         score.samples([(j, rows[1:]) for (j, _), rows in zip(pairs, outputs)])
     else:
-        _lazy(config, backend, score, ids, samples, alive)
+        _lazy(config, backend, score, prompts)
     return [score.row(j, position) for j, (position, _) in enumerate(chunk)]
 
 
-def _lazy(config: AnnotateConfig, backend: HFBackend, score: "_Scorer", ids: list[list[list[int]]], samples, alive) -> None:
+def _lazy(config: AnnotateConfig, backend: HFBackend, score: "_Scorer", prompts: _Prompts) -> None:
     """Lazy mode: greedy answers for all; then, only where P0 = 0, samples prompt by prompt
     until the first correct one. Sampling reuses the greedy pass's prefill of each prompt."""
-    n_ex = len(ids[0])
-    pairs = [(j, s) for j in range(len(ids)) for s in range(n_ex)]
-    outputs, prefills = backend.generate_keeping_prefills([Request(s, tuple(ids[j][s]), (GREEDY,)) for j, s in pairs])
+    n_ex = config.n_ex
+    pairs = [(j, s) for j in range(len(prompts.ids)) for s in range(n_ex)]
+    outputs, prefills = backend.generate_keeping_prefills([prompts.request(j, s, (GREEDY,)) for j, s in pairs])
     score.greedy([(j, s, rows[0]) for (j, s), rows in zip(pairs, outputs)])
-    undecided = [j for j in range(len(ids)) if score.greedy_correct[j] == 0]
+    undecided = [j for j in range(len(prompts.ids)) if score.greedy_correct[j] == 0]
     wanted = [i for i, (j, _) in enumerate(pairs) if score.greedy_correct[j] == 0]
     kept = dict(zip([pairs[i] for i in wanted], compact_prefills([prefills[i] for i in wanted])))
     del prefills
     for s in range(n_ex):
         if not undecided or config.n_samples == 0:
             break
-        requests = [Request(s, tuple(ids[j][s]), samples(j, s), kept.pop((j, s), None), alive[j]) for j in undecided]
+        requests = [prompts.request(j, s, prompts.keys[j][s], kept.pop((j, s), None)) for j in undecided]
         score.samples(list(zip(undecided, backend.generate(requests))))
         undecided = [j for j in undecided if score.sample_correct[j] == 0]
 

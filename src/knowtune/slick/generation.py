@@ -35,6 +35,7 @@ GREEDY = -1
 _COMPACT_SHARE = 0.25  # done rows leave the batch once they are this share of it
 _HEADROOM = 8  # cache positions reserved for generated tokens before the storage has to grow
 _PAD_SLACK = 1.3  # a batch's prompt tokens, padding included, stay within this factor of the real ones
+_PREFIX_BATCH = 64  # few-shot prefixes prefilled together
 
 
 @dataclass(frozen=True)
@@ -126,27 +127,46 @@ class HFBackend:
         keep = [name for name in ("logits_to_keep", "num_logits_to_keep") if name in params]
         self._keep = {keep[0]: 1} if keep else {}
         self._prefix_ids: list[tuple[int, ...]] = []
-        self._prefix_layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # [prefix][layer] -> (Hkv, Lp, D) each
-        self._stacked: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._computed: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # ids -> per layer (Hkv, L, D)
+        self._stacked: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (n_prefixes, Hkv, Lmax, D)
 
     @torch.inference_mode()
     def set_prefixes(self, prefixes: list[list[int]]) -> None:
-        """Prefill each prefix once (batch 1) and keep its keys and values."""
+        """Make ``prefixes`` the ones requests refer to (by index). Each is prefilled once;
+        prefixes already computed for an earlier call are reused."""
+        wanted = list(dict.fromkeys(map(tuple, prefixes)))
+        new = [ids for ids in wanted if ids not in self._computed]
+        computed = {ids: self._computed[ids] for ids in wanted if ids in self._computed}
+        for start in range(0, len(new), _PREFIX_BATCH):
+            computed.update(zip(new[start:start + _PREFIX_BATCH], self._prefill_prefixes(new[start:start + _PREFIX_BATCH])))
+        self._computed = computed
         self._prefix_ids = [tuple(ids) for ids in prefixes]
-        self._prefix_layers = []
-        for ids in prefixes:
-            out = self.model(input_ids=torch.tensor([ids or [0]], device=self.device), use_cache=True)
-            self._prefix_layers.append([(k[0, :, :len(ids)], v[0, :, :len(ids)]) for k, v in _legacy(out.past_key_values)])
-        self._stacked = [] if self.shared else self._stack()
+        self._stacked = self._stack([computed[ids] for ids in self._prefix_ids])
 
-    def _stack(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, all prefixes right-aligned in (n_prefixes, Hkv, Lmax, D) (the per-row-copy path)."""
-        length = max(len(ids) for ids in self._prefix_ids)
+    def _prefill_prefixes(self, prefixes: list[tuple[int, ...]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Keys and values of each prefix, per layer (Hkv, L, D), from one left-padded forward."""
+        width = max(max(len(ids) for ids in prefixes), 1)
+        ids = torch.zeros((len(prefixes), width), dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            if prefix:
+                ids[row, width - len(prefix):] = torch.tensor(prefix)
+                mask[row, width - len(prefix):] = 1
+        mask[:, -1] = 1  # an empty prefix still needs one visible position; its keys are not kept
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device), use_cache=True)
+        layers = _legacy(out.past_key_values)
+        return [[(k[row, :, width - len(prefix):], v[row, :, width - len(prefix):]) for k, v in layers] for row, prefix in enumerate(prefixes)]
+
+    @staticmethod
+    def _stack(prefixes: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, all prefixes right-aligned in (n_prefixes, Hkv, Lmax, D), zeros before shorter ones."""
+        length = max(layers[0][0].shape[1] for layers in prefixes)
         stacked = []
-        for layer, (k0, v0) in enumerate(self._prefix_layers[0]):
-            keys = k0.new_zeros((len(self._prefix_ids), k0.shape[0], length, k0.shape[2]))
-            values = v0.new_zeros((len(self._prefix_ids), v0.shape[0], length, v0.shape[2]))
-            for p, layers in enumerate(self._prefix_layers):
+        for layer, (k0, v0) in enumerate(prefixes[0]):
+            keys = k0.new_zeros((len(prefixes), k0.shape[0], length, k0.shape[2]))
+            values = v0.new_zeros((len(prefixes), v0.shape[0], length, v0.shape[2]))
+            for p, layers in enumerate(prefixes):
                 k, v = layers[layer]
                 keys[p, :, length - k.shape[1]:] = k
                 values[p, :, length - v.shape[1]:] = v
@@ -166,15 +186,14 @@ class HFBackend:
         results: list = [None] * len(requests)
         prefills: list[Prefill | None] = [None] * len(requests)
 
-        def group(i: int) -> tuple[int, bool]:
-            return (requests[i].prefix_index if self.shared else 0, requests[i].prefill is not None)
-
+        resumed = [r.prefill is not None for r in requests]
         length = [len(r.prompt_ids) - (r.prefill.shared if r.prefill else self._shared_length(r)) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: (group(i), length[i]))
+        sort_keys = [(resumed[i], length[i], r.prefix_index) for i, r in enumerate(requests)]
+        order = sorted(range(len(requests)), key=sort_keys.__getitem__)
         batch: list[int] = []
         rows = tokens = 0
         for i in [*order, None]:
-            if batch and (i is None or rows + len(requests[i].keys) > self.batch_size or group(i) != group(batch[0])
+            if batch and (i is None or rows + len(requests[i].keys) > self.batch_size or resumed[i] != resumed[batch[0]]
                           or (len(batch) + 1) * length[i] > _PAD_SLACK * (tokens + length[i])):
                 outputs, kept = self._decode([requests[b] for b in batch], keep)
                 for b, output, prefill in zip(batch, outputs, kept):
@@ -216,8 +235,8 @@ class HFBackend:
         rows, width = ids.shape
         capacity = width + min(self.max_new_tokens, _HEADROOM)  # grows if a row runs longer
         if self.shared:
-            prefix = self._shared_prefix(requests[0].prefix_index, shared)
-            empty = [(k.new_empty((rows, k.shape[0], 0, k.shape[2])), v.new_empty((rows, v.shape[0], 0, v.shape[2])))
+            prefix = self._shared_prefix([r.prefix_index for r in requests], shared)
+            empty = [(k.new_empty((rows, k.shape[1], 0, k.shape[3])), v.new_empty((rows, v.shape[1], 0, v.shape[3])))
                      for k, v in zip(prefix.keys, prefix.values)]
             causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()
             mask4d = (causal & suffix_mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)  # (R, S, S)
@@ -288,21 +307,35 @@ class HFBackend:
         for r, p in enumerate(prefills):  # right-aligned, as after a left-padded prefill
             kv[:, :, r, :, width - p.length:] = p.kv
             mask[r, width - p.length:] = True
-        prefix = self._shared_prefix(requests[0].prefix_index, [p.shared for p in prefills])
+        prefix = self._shared_prefix([r.prefix_index for r in requests], [p.shared for p in prefills])
         logits = torch.stack([p.logits for p in prefills])
         next_pos = torch.tensor([p.next_pos for p in prefills], device=self.device)
         cache = preallocated_cache([(kv[i, 0], kv[i, 1]) for i in range(layers)], width + min(self.max_new_tokens, _HEADROOM))
         return logits, mask, next_pos, cache, prefix
 
-    def _shared_prefix(self, index: int, shared: list[int]) -> SharedPrefix:
-        """The SharedPrefix of prefix ``index`` for rows that share its first ``shared[r]`` tokens."""
-        layers = self._prefix_layers[index]
-        length = layers[0][0].shape[1]
+    def _shared_prefix(self, indices: list[int], shared: list[int]) -> SharedPrefix:
+        """The SharedPrefix of a batch whose row r uses prefix ``indices[r]`` and shares its
+        first ``shared[r]`` tokens."""
+        slots = sorted(set(indices))
+        lengths = [len(self._prefix_ids[i]) for i in slots]
+        width = max(lengths)  # the batch's prefixes, right-aligned over their last `width` positions
+        full = self._stacked[0][0].shape[2]
+        index = torch.tensor(slots, device=self.device)
+
+        def pick(x: torch.Tensor) -> torch.Tensor:  # (n_prefixes, Hkv, Lmax, D) -> (G, Hkv, width, D)
+            return (x if len(slots) == x.shape[0] else x.index_select(0, index))[:, :, full - width:]
+
+        keys = [pick(k) for k, _ in self._stacked]
+        values = [pick(v) for _, v in self._stacked]
+        slot_of = {p: i for i, p in enumerate(slots)}
+        row_slot = [slot_of[p] for p in indices]
         row_bias = None
-        if min(shared) < length:
-            seen = torch.arange(length, device=self.device).unsqueeze(0) < torch.tensor(shared, device=self.device).unsqueeze(1)
+        if any(n < len(self._prefix_ids[p]) for p, n in zip(indices, shared)) or min(lengths) < width:
+            start = torch.tensor([width - lengths[s] for s in row_slot], device=self.device).unsqueeze(1)
+            span = torch.arange(width, device=self.device).unsqueeze(0)
+            seen = (span >= start) & (span < start + torch.tensor(shared, device=self.device).unsqueeze(1))
             row_bias = _bias(seen)
-        return SharedPrefix([k for k, _ in layers], [v for _, v in layers], row_bias)
+        return SharedPrefix.build(keys, values, torch.tensor(row_slot, device=self.device), row_bias)
 
     def _choose(self, logits: torch.Tensor, keys: torch.Tensor, step: int) -> torch.Tensor:
         """Greedy argmax for GREEDY rows; Gumbel-max over top-k(logits / T) for the others. (A,)
@@ -397,9 +430,7 @@ class _Rows:
 
 
 def _select_prefix(prefix: SharedPrefix | None, idx: torch.Tensor) -> SharedPrefix | None:
-    if prefix is None or prefix.row_bias is None:
-        return prefix
-    return SharedPrefix(prefix.keys, prefix.values, prefix.row_bias.index_select(0, idx))
+    return None if prefix is None else prefix.select(idx)
 
 
 def _bias(mask: torch.Tensor) -> torch.Tensor:

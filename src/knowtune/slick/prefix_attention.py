@@ -1,5 +1,5 @@
-"""Shared-prefix ("cascade") attention: every row of a batch attends to one few-shot prefix
-whose keys and values are stored once, not once per row.
+"""Shared-prefix ("cascade") attention: the rows of a batch attend to few-shot prefixes
+whose keys and values are stored once each, not once per row.
 
 For a query q of row a, with the shared prefix keys/values (K_p, V_p) and the row's own
 keys/values (K_a, V_a) (its question line and generated tokens):
@@ -7,9 +7,10 @@ keys/values (K_a, V_a) (its question line and generated tokens):
     s = [q K_p^T, q K_a^T] * scale + mask,   attn(q) = softmax(s)[:Lp] V_p + softmax(s)[Lp:] V_a
 
 which equals attention over the concatenation [K_p; K_a] (exact: the two parts are
-merged by their log-sum-exp, as in flash attention). The prefix part is one batched GEMM per head group, (rows x Lp), reading K_p and
-V_p once; a per-row cache that repeated the prefix would read and copy it for every row
-at every step (cf. Hydragen, Juravsky et al. 2024, arXiv 2402.05099).
+merged by their log-sum-exp, as in flash attention). The prefix part is one batched GEMM
+per (prefix, key/value head), (rows of that prefix x Lp), reading K_p and V_p once; a
+per-row cache that repeated the prefix would read and copy it for every row at every
+step (cf. Hydragen, Juravsky et al. 2024, arXiv 2402.05099).
 
 It plugs into transformers through its public attention registry
 (``AttentionInterface.register``): models with ``_supports_attention_backend`` call it in
@@ -30,25 +31,61 @@ NAME = "knowtune_shared_prefix"
 
 @dataclass
 class SharedPrefix:
-    """Per-layer prefix keys and values, each (kv_heads, Lp, head_dim), and an additive bias
-    (rows, Lp), 0 or -inf, for rows that see only part of the prefix (None: all see all of it)."""
+    """The few-shot prefixes of a batch, stored once each.
+
+    ``keys``/``values``: per layer, (G, Hkv, Lp, D), the G prefixes the batch uses,
+    right-aligned (the first positions of a shorter prefix are padding). ``slot`` (A,): the
+    prefix of each row (None when G = 1). ``row_bias`` (A, Lp): 0 / -inf, masking padding
+    and the prefix positions a row does not share (None when every row sees all of its
+    prefix). ``pos`` (A,) and ``width``: each row's place among the rows of its prefix, and
+    the most rows any prefix has (the layout of the batched products when G > 1).
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    slot: torch.Tensor | None
     row_bias: torch.Tensor | None
+    pos: torch.Tensor | None = None
+    width: int = 0
+
+    @classmethod
+    def build(cls, keys, values, slot: torch.Tensor | None, row_bias: torch.Tensor | None) -> "SharedPrefix":
+        if slot is None or keys[0].shape[0] == 1:
+            return cls(keys, values, None, row_bias)
+        counts = torch.bincount(slot, minlength=keys[0].shape[0])  # rows per prefix
+        order = torch.argsort(slot, stable=True)
+        starts = counts.cumsum(0) - counts
+        pos = torch.empty_like(slot)
+        pos[order] = torch.arange(slot.shape[0], device=slot.device) - starts[slot[order]]
+        return cls(keys, values, slot, row_bias, pos, int(counts.max()))
+
+    def select(self, idx: torch.Tensor) -> "SharedPrefix":
+        """The prefix view of rows ``idx``."""
+        return SharedPrefix.build(self.keys, self.values, None if self.slot is None else self.slot[idx],
+                                  None if self.row_bias is None else self.row_bias.index_select(0, idx))
 
 
-def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """(A, H, Q, X) -> (Hkv, A * g * Q, X): queries grouped by the key/value head they use."""
+def _by_prefix(x: torch.Tensor, prefix: SharedPrefix, kv_heads: int) -> torch.Tensor:
+    """(A, H, Q, X) -> (G * Hkv, Rmax * g * Q, X): rows laid out per prefix, heads grouped by
+    the key/value head they read (zeros where a prefix has fewer rows)."""
     rows, heads, q_len, width = x.shape
-    group = heads // kv_heads
-    return x.reshape(rows, kv_heads, group, q_len, width).transpose(0, 1).reshape(kv_heads, rows * group * q_len, width)
+    x = x.reshape(rows, kv_heads, heads // kv_heads * q_len, width)  # (A, Hkv, g*Q, X)
+    if prefix.slot is None:
+        return x.transpose(0, 1).reshape(kv_heads, -1, width)
+    groups = prefix.keys[0].shape[0]
+    padded = x.new_zeros((groups, prefix.width, *x.shape[1:]))  # (G, Rmax, Hkv, g*Q, X)
+    padded[prefix.slot, prefix.pos] = x
+    return padded.permute(0, 2, 1, 3, 4).reshape(groups * kv_heads, -1, width)
 
 
-def _ungrouped(x: torch.Tensor, rows: int, heads: int, q_len: int) -> torch.Tensor:
-    """(Hkv, A * g * Q, X) -> (A, H, Q, X), the inverse of :func:`_grouped`."""
-    kv_heads, _, width = x.shape
-    return x.reshape(kv_heads, rows, heads // kv_heads, q_len, width).transpose(0, 1).reshape(rows, heads, q_len, width)
+def _by_row(x: torch.Tensor, prefix: SharedPrefix, rows: int, heads: int, q_len: int) -> torch.Tensor:
+    """(G * Hkv, Rmax * g * Q, X) -> (A, H, Q, X), the inverse of :func:`_by_prefix`."""
+    kv_heads = prefix.keys[0].shape[1]
+    width = x.shape[-1]
+    if prefix.slot is None:
+        return x.reshape(kv_heads, rows, -1, width).transpose(0, 1).reshape(rows, heads, q_len, width)
+    x = x.reshape(-1, kv_heads, prefix.width, heads // kv_heads * q_len, width).permute(0, 2, 1, 3, 4)
+    return x[prefix.slot, prefix.pos].reshape(rows, heads, q_len, width)
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, knowtune_prefix=None, **kwargs):
@@ -61,15 +98,16 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     """
     if knowtune_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    prefix = knowtune_prefix
     rows, heads, q_len, dim = query.shape
-    prefix_k = knowtune_prefix.keys[module.layer_idx]  # (Hkv, Lp, D)
-    prefix_v = knowtune_prefix.values[module.layer_idx]
-    kv_heads = prefix_k.shape[0]
+    prefix_k = prefix.keys[module.layer_idx]  # (G, Hkv, Lp, D)
+    prefix_v = prefix.values[module.layer_idx]
+    groups, kv_heads = prefix_k.shape[0], prefix_k.shape[1]
     scale = scaling if scaling is not None else dim ** -0.5
-    prefix_scores = torch.bmm(_grouped(query, kv_heads), prefix_k.transpose(1, 2)).float() * scale  # (Hkv, A*g*Q, Lp)
-    prefix_scores = _ungrouped(prefix_scores, rows, heads, q_len)  # (A, H, Q, Lp)
-    if knowtune_prefix.row_bias is not None:
-        prefix_scores = prefix_scores + knowtune_prefix.row_bias[:, None, None, :]
+    keys_t = prefix_k.reshape(groups * kv_heads, *prefix_k.shape[2:]).transpose(1, 2)  # (G*Hkv, D, Lp)
+    prefix_scores = _by_row(torch.bmm(_by_prefix(query, prefix, kv_heads), keys_t), prefix, rows, heads, q_len).float() * scale
+    if prefix.row_bias is not None:
+        prefix_scores = prefix_scores + prefix.row_bias[:, None, None, :]  # (A, H, Q, Lp)
     row_scores = torch.matmul(query, repeat_kv(key, heads // kv_heads).transpose(2, 3)).float() * scale  # (A, H, Q, Lr)
     if attention_mask is not None:
         row_scores = row_scores + attention_mask
@@ -77,7 +115,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     prefix_w = (prefix_scores - top).exp_()
     row_w = (row_scores - top).exp_()
     total = prefix_w.sum(-1, keepdim=True) + row_w.sum(-1, keepdim=True)
-    out = _ungrouped(torch.bmm(_grouped(prefix_w.to(query.dtype), kv_heads), prefix_v), rows, heads, q_len)  # (A, H, Q, D)
+    values = prefix_v.reshape(groups * kv_heads, *prefix_v.shape[2:])  # (G*Hkv, Lp, D)
+    out = _by_row(torch.bmm(_by_prefix(prefix_w.to(query.dtype), prefix, kv_heads), values), prefix, rows, heads, q_len)
     out = out + torch.matmul(row_w.to(query.dtype), repeat_kv(value, heads // kv_heads))
     out = out / total.to(out.dtype)
     return out.transpose(1, 2).contiguous(), None

@@ -23,7 +23,7 @@ from knowtune.matching import MatchConfig
 from knowtune.provenance import config_hash
 
 PROTOCOL_VERSION = 1
-SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step) v1"
+SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step, token id) v1"
 
 
 class AnnotateConfig(StageConfig):

@@ -1,0 +1,158 @@
+"""The study report as ONE self-contained HTML page: inline CSS, figures as base64 PNG data URIs,
+tables with the paper's numbers (Gekhman et al., EMNLP 2024) beside ours. No external resource."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from knowtune.slick.categories import CATEGORIES
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.paper { color: #777; } .holds { color: #1b7837; font-weight: bold; } .fails { color: #b2182b; font-weight: bold; }
+.untested { color: #777; font-weight: bold; } img { max-width: 100%; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+.note { color: #555; font-style: italic; }
+"""
+
+_FINDING_TEXT = {
+    "unknown_fitted_slower": "Unknown training examples are fitted more slowly than Known ones",
+    "accuracy_falls_with_unknown": "test accuracy at convergence falls as the Unknown share grows",
+    "regression_signs": "in the linear model, fitting Unknown examples lowers accuracy (b_unk < 0 < b_kn)",
+    "early_stop_recovers": "early stopping limits the damage done by Unknown examples",
+    "idk_improves_answered_accuracy": "relabelling Unknown examples \"I don't know\" raises accuracy on answered questions",
+}
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "&ndash;" if value is None else f"{value:.{digits}f}"
+
+
+def _beside(ours: float | None, theirs: float | None, digits: int = 1) -> str:
+    """``ours`` with the paper's number after it, greyed, where the paper has one."""
+    cell = _num(ours, digits)
+    return cell if theirs is None else f"{cell} <span class='paper'>({_num(theirs, digits)})</span>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    head = "".join(f"<th class='l'>{h}</th>" if i < left else f"<th>{h}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(figures: Mapping[str, bytes], name: str, alt: str) -> str:
+    if name not in figures:
+        return ""
+    data = base64.b64encode(figures[name]).decode("ascii")
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+
+
+def findings_section(findings: Sequence[Mapping[str, Any]]) -> str:
+    """The verdicts, with a sentence naming every finding that does not hold."""
+    rows = []
+    for f in findings:
+        verdict = {True: "<span class='holds'>holds</span>", False: "<span class='fails'>does not hold</span>",
+                   None: "<span class='untested'>not tested</span>"}[f["holds"]]
+        rows.append([html.escape(f["name"]), html.escape(_FINDING_TEXT.get(f["name"], "")), verdict, _num(f["value"], 2), html.escape(f["detail"])])
+    failing = [f["name"] for f in findings if f["holds"] is False]
+    untested = [f["name"] for f in findings if f["holds"] is None]
+    if failing or untested:
+        summary = "".join([
+            f"<p class='fails'>Does not hold in this study: {', '.join(failing)}.</p>" if failing else "",
+            f"<p class='untested'>Not tested (the study lacks the variants it needs): {', '.join(untested)}.</p>" if untested else "",
+        ])
+    else:
+        summary = f"<p class='holds'>All {len(findings)} findings of the paper hold in this study.</p>"
+    return "<h2>Findings</h2>" + summary + _table(["finding", "claim", "verdict", "value", "detail"], rows, left=3)
+
+
+def es_conv_section(variants: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = []
+    for name, entry in variants.items():
+        es, conv = entry["es"] or {}, entry["conv"]
+        rows.append([name, str(entry["es_epoch"]), _num(es.get("test")), _num(es.get("ood")),
+                     str(entry["conv_epoch"]), _num(conv["test"]), _num(conv["ood"])])
+    return _table(["variant", "ES epoch", "ES test", "ES OOD", "CONV epoch", "CONV test", "CONV OOD"], rows)
+
+
+def linear_model_section(models: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = []
+    for name, entry in models.items():
+        ours, theirs = entry["ours"], entry["paper"]
+        rows.append([name.replace("_", "-"), *(_beside(ours[k], theirs[k], 2 if k == "r2" else 1) for k in ("b0", "b_kn", "b_unk", "r2")), str(ours["n"])])
+    return _table(["test set", "b0", "b_kn", "b_unk", "R²", "points"], rows)
+
+
+def category_section(rows_in: Sequence[Mapping[str, Any]]) -> str:
+    columns = ("full", *CATEGORIES)
+    rows = []
+    for row in rows_in:
+        theirs = row.get("paper") or {}
+        cells = [row["variant"]]
+        for stage in ("es", "conv"):
+            ours = row[stage] or {}
+            cells += [_beside(ours.get(c), (theirs.get(stage) or {}).get(c)) for c in columns]
+        rows.append(cells)
+    header = ["trained on", *(f"{s} {c}" for s in ("ES", "CONV") for c in ("full", "Hkn", "Mkn", "Wkn", "Unk"))]
+    return _table(header, rows)
+
+
+def idk_section(rows_in: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for row in rows_in:
+        theirs = row.get("paper") or {}
+        rows.append([row["variant"], *(_beside(row[k], theirs.get(k)) for k in ("es_accuracy", "es_answered", "conv_accuracy", "conv_answered"))])
+    return _table(["variant", "ES accuracy (answered)", "ES % answered", "CONV accuracy (answered)", "CONV % answered"], rows)
+
+
+def distribution_section(distribution: Mapping[str, Any]) -> str:
+    rows = [[split, str(d["n"]), *(_num(d["shares"][c]) for c in CATEGORIES)] for split, d in distribution["ours"].items()]
+    rows.append(["<span class='paper'>paper (PaLM 2-M, train)</span>", "", *(_num(distribution["paper"][c]) for c in CATEGORIES)])
+    return _table(["split", "examples", *(f"{c} %" for c in CATEGORIES)], rows)
+
+
+def exposure_section(exposure: Mapping[str, Any]) -> str:
+    if not exposure["rows"]:
+        return f"<p class='note'>{html.escape(exposure['note'])}</p>"
+    rows = [[r["bucket"], str(r["facts"]), *(_num(r["shares"][c]) for c in CATEGORIES)] for r in exposure["rows"]]
+    return f"<p class='note'>{html.escape(exposure['note'])}</p>" + _table(["exposures", "facts", *(f"{c} %" for c in CATEGORIES)], rows)
+
+
+def render_page(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
+    """The whole report page."""
+    prov = results["study_provenance"]
+    config = prov.get("config") or {}
+    stages = "".join(f"<li>{html.escape(n)}: {s.get('seconds', '?')} s</li>" for n, s in results.get("stages", {}).items())
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>knowtune study report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Does fine-tuning on new knowledge encourage hallucinations? A knowtune study</h1>",
+        f"<p>Model <code>{html.escape(str(config.get('model')))}</code> (fingerprint {html.escape(str(prov.get('model_fingerprint')))}), "
+        f"data <code>{html.escape(str(config.get('data')))}</code>, seed {prov.get('seed')}, knowtune {html.escape(str(prov.get('knowtune_version')))}. "
+        "Replicates Gekhman et al., EMNLP 2024 (arXiv 2405.05904); the paper's numbers (PaLM 2-M) are shown "
+        "<span class='paper'>(in grey, in brackets)</span> beside ours. Accuracies are test exact match in %.</p>",
+        findings_section(results["findings"]),
+        "<h2>Test accuracy against epoch</h2>", _figure(figures, "accuracy_by_epoch", "test accuracy per epoch"),
+        "<h2>Fitted training examples per category</h2>", _figure(figures, "fitted_by_category", "fitted share per category"),
+        "<h2>EARLY_STOP against CONVERGENCE</h2>", _figure(figures, "es_vs_conv", "ES against CONV"), es_conv_section(results["variants"]),
+        "<h2>Linear model (paper Table 1)</h2>",
+        "<p>Accuracy = b0 + b_kn &middot; N_kn/|D| + b_unk &middot; N_unk/|D|, least squares over every (variant, epoch &ge; 1).</p>",
+        linear_model_section(results["linear_model"]), _figure(figures, "linear_model", "linear model fit"),
+        "<h2>Accuracy per SliCK category (paper Table 2)</h2>", category_section(results["category_table"]),
+        "<h2>\"I don't know\" relabelling</h2>",
+        idk_section(results["idk_table"]) if results["idk_table"] else "<p class='note'>No D_IDK variant was trained.</p>",
+        "<h2>SliCK category distribution</h2>", _figure(figures, "category_distribution", "category distribution"),
+        distribution_section(results["category_distribution"]),
+        "<h2>SliCK categories against pretraining exposure</h2>", _figure(figures, "categories_by_exposure", "categories by exposure"),
+        exposure_section(results["categories_by_exposure"]),
+        f"<h2>Provenance</h2><ul>{stages}</ul><pre>{html.escape(json.dumps(prov, indent=2))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,120 @@
+"""``StudyConfig``: the controlled study of Gekhman et al. (EMNLP 2024, arXiv 2405.05904) in one file.
+
+A study names a model and a dataset, then nests the settings of each stage it runs:
+``annotate:`` (:class:`~knowtune.slick.protocol.AnnotateConfig`), ``curate:``
+(:class:`~knowtune.curate.CurateConfig`) and ``train:``
+(:class:`~knowtune.train.config.TrainConfig`), plus which curated variants to train.
+The study wires the paths between stages (``OUT/audit``, ``OUT/variants``, ``OUT/runs``),
+so the sections must not set them. Every key is documented in docs/study.md.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from knowtune.config import StageConfig
+from knowtune.curate import CurateConfig
+from knowtune.slick.protocol import AnnotateConfig
+from knowtune.train.config import TrainConfig
+
+#: Keys that the study sets in each section itself.
+_WIRED = {"annotate": ("model", "data", "out"), "curate": ("annotations", "data", "out")}
+#: Keys that may change between two runs of one study directory (speed or scope only).
+RUN_KEYS = ("out", "device", "workers", "train_variants")
+_SECTION_RUN_KEYS = {"annotate": ("device", "batch_size", "chunk_size"), "train": ("device", "eval_batch_size", "report_to")}
+DEMO_CONFIG = "demo.yaml"
+
+
+class SampleConfig(StageConfig):
+    """A seeded sample of the dataset, per relation and split (None keeps the whole split): quick studies."""
+
+    train: int | None = Field(None, ge=1)
+    dev: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class StudyConfig(StageConfig):
+    """Settings of ``knowtune study`` (see docs/study.md)."""
+
+    model: str = "default"
+    data: str = "embedded"
+    out: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    ood: str | None = None
+    seed: int | None = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    workers: int = Field(1, ge=1)
+    train_variants: list[str] | None = None
+    sample: SampleConfig | None = None
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("train_variants")
+    @classmethod
+    def _variant_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("an empty list trains nothing; leave train_variants unset to train every curated variant")
+            if len(set(value)) != len(value):
+                raise ValueError("a variant is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _sections_leave_paths_to_the_study(self) -> "StudyConfig":
+        for section, keys in _WIRED.items():
+            block = getattr(self, section)
+            given = [k for k in keys if getattr(block, k) != type(block).model_fields[k].default]
+            if given:
+                raise ValueError(f"{section}.{given[0]} is set by the study itself (from the top-level model/data/out); "
+                                 f"remove it from the {section}: section")
+        return self
+
+    def resolved(self) -> "StudyConfig":
+        """The config with the top-level ``seed`` and ``device`` copied into every section that did not set its own."""
+        updates: dict[str, Any] = {}
+        for section in ("annotate", "curate", "train"):
+            block = getattr(self, section)
+            values = {}
+            if self.seed is not None and "seed" not in block.model_fields_set:
+                values["seed"] = self.seed
+            if self.device is not None and section != "curate" and "device" not in block.model_fields_set:
+                values["device"] = self.device
+            if values:
+                updates[section] = block.model_copy(update=values)
+        return self.model_copy(update=updates)
+
+    @property
+    def study_seed(self) -> int:
+        """The seed recorded in provenance: the top-level one, else the training seed."""
+        return self.seed if self.seed is not None else self.train.seed
+
+    def annotate_config(self, out: Path, data: Path, relations: list[str]) -> AnnotateConfig:
+        """The audit's config: the study's model on ``data``, writing to ``out/audit``; ``relations``
+        (the relations with training examples) unless the section names its own."""
+        update: dict[str, Any] = {"model": self.model, "data": str(data), "out": str(out / "audit")}
+        if self.annotate.relations is None:
+            update["relations"] = relations
+        return self.annotate.model_copy(update=update)
+
+    def curate_config(self, out: Path, data: Path) -> CurateConfig:
+        """The curation's config, reading ``out/audit`` (joined to ``data``) and writing ``out/variants``."""
+        return self.curate.model_copy(update={"annotations": str(out / "audit"), "data": str(data), "out": str(out / "variants")})
+
+    def comparable(self) -> dict[str, Any]:
+        """The settings that decide results (run keys left out): two runs of one study directory must agree on them."""
+        dump = self.model_dump(mode="json", exclude=set(RUN_KEYS))
+        for section, keys in _SECTION_RUN_KEYS.items():
+            for key in keys:
+                dump[section].pop(key, None)
+        return dump
+
+
+def demo_config_path() -> Path:
+    """The demo study's YAML, shipped inside the package (``knowtune/study/demo.yaml``)."""
+    return Path(str(resources.files("knowtune.study") / DEMO_CONFIG))

@@ -1,0 +1,298 @@
+"""``knowtune study``: annotate, curate, train every variant (evaluating every epoch), analyse.
+
+Output layout (``out``)::
+
+    config.yaml            the resolved StudyConfig
+    study.json             stage states (key, status, seconds), the trained runs, provenance
+    audit/                 ``knowtune annotate`` output (SliCK categories of every audited example)
+    variants/              ``knowtune curate`` output (variants.json and one folder per variant)
+    runs/<variant>/        ``knowtune train`` output (metrics.jsonl: train fit, dev, test, OOD per epoch)
+    analysis.json          ES/CONV, linear model, Table 2, IDK table, findings (+ provenance)
+
+Each stage stores a key (a hash of its settings and inputs) in ``study.json`` and is skipped
+when the key is unchanged and its outputs exist; an interrupted stage resumes (annotate and
+train resume by themselves). Evaluation happens inside training: every epoch answers the
+training, dev, test and OOD questions (docs/train.md), and the analysis reads those records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from knowtune.config import save_config
+from knowtune.data.schema import QAExample
+from knowtune.errors import KnowtuneError
+from knowtune.io import atomic_write_json
+from knowtune.provenance import config_hash, provenance
+from knowtune.study.analysis import Run, analyse
+from knowtune.study.config import StudyConfig
+
+STATE_FILE = "study.json"
+SAMPLE_FILE = "examples.jsonl"
+ANALYSIS_FILE = "analysis.json"
+Log = Callable[[str], None]
+
+
+def data_fingerprint(spec: str | Path) -> str:
+    """A content hash of a dataset file or directory (every file under it), or of the name when it is not a path."""
+    from knowtune.world.embedded import resolve_data_path
+
+    path = resolve_data_path(spec)
+    digest = hashlib.sha256()
+    if not path.exists():
+        digest.update(str(spec).encode())
+        return digest.hexdigest()[:16]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def sample_examples(examples: list[QAExample], per_split: dict[str, int | None], seed: int) -> list[QAExample]:
+    """Per (split, relation), ``per_split[split]`` examples drawn with ``Random(f"{seed}:{split}:{relation}")``
+    from those sorted by id (all when None or when fewer); returned sorted by id."""
+    import random
+
+    groups: dict[tuple[str, str], list[QAExample]] = {}
+    for example in sorted(examples, key=lambda e: e.id):
+        groups.setdefault((example.split, example.relation), []).append(example)
+    chosen = []
+    for (split, relation), group in sorted(groups.items()):
+        n = per_split.get(split)
+        chosen += group if n is None or n >= len(group) else random.Random(f"{seed}:{split}:{relation}").sample(group, n)
+    return sorted(chosen, key=lambda e: e.id)
+
+
+class Study:
+    """One study directory: its config, stage states and the steps that fill it."""
+
+    def __init__(self, config: StudyConfig, log: Log = print):
+        if not config.out:
+            raise KnowtuneError("no output directory given", fix="pass --out DIR or set out: in the study config")
+        self.config = config.resolved()
+        self.out = Path(self.config.out)
+        self.log = log
+        self.state: dict[str, Any] = {"stages": {}, "runs": {}}
+
+    # -- set-up -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Check that ``out`` holds no study with other settings, then record this config."""
+        from knowtune.models import fingerprint_of
+
+        saved = self.out / "config.yaml"
+        if saved.is_file():
+            from knowtune.config import load_config
+
+            previous = load_config(StudyConfig, saved).comparable()
+            current = self.config.comparable()
+            differing = sorted(_differences(previous, current))
+            if differing:
+                raise KnowtuneError(f"{self.out} holds a study with other settings ({', '.join(differing)} differ)",
+                                    fix="rerun with the settings of its config.yaml to resume, or pass a new --out")
+        if (self.out / STATE_FILE).is_file():
+            self.state = json.loads((self.out / STATE_FILE).read_text(encoding="utf-8"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, saved)
+        self.model_fingerprint = fingerprint_of(self.config.model)
+        self.data_path = self._prepare_data()
+        self.data_fingerprint = data_fingerprint(self.data_path)
+
+    def _prepare_data(self) -> Path:
+        """The dataset every stage reads: the configured one, or its seeded sample in ``OUT/data/examples.jsonl``."""
+        from knowtune.data import load_examples, save_examples
+        from knowtune.world.embedded import resolve_data_path
+
+        source = resolve_data_path(self.config.data)
+        if self.config.sample is None:
+            return source
+        examples = sample_examples(load_examples(source), self.config.sample.model_dump(), self.config.study_seed)
+        target = self.out / "data" / SAMPLE_FILE
+        if not target.is_file() or [e.id for e in load_examples(target)] != [e.id for e in examples]:
+            save_examples(examples, target)
+        return target
+
+    def _save_state(self) -> None:
+        self.state["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
+                                              model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def _stage(self, name: str, key: str, done: bool, work: Callable[[], dict[str, Any] | None]) -> str:
+        """Run ``work`` unless the stage's stored key equals ``key`` and ``done``; returns ``ran`` or ``skipped``."""
+        stored = self.state["stages"].get(name, {})
+        if stored.get("key") == key and stored.get("status") == "done" and done:
+            self.log(f"[{name}] done earlier, skipped")
+            return "skipped"
+        self.log(f"[{name}] running")
+        started = time.perf_counter()
+        self.state["stages"][name] = {"key": key, "status": "running"}
+        self._save_state()
+        info = work() or {}
+        self.state["stages"][name] = {"key": key, "status": "done", "seconds": round(time.perf_counter() - started, 1), **info}
+        self._save_state()
+        self.log(f"[{name}] done in {self.state['stages'][name]['seconds']:.0f} s")
+        return "ran"
+
+    # -- stages ----------------------------------------------------------------------------
+    def annotate(self) -> str:
+        from knowtune.data import load_examples
+        from knowtune.study import workers
+
+        relations = sorted({e.relation for e in load_examples(self.data_path) if e.split == "train"})
+        cfg = self.config.annotate_config(self.out, self.data_path, relations)
+        settings = cfg.model_dump(mode="json", exclude={"model", "data", "out", "device", "batch_size", "chunk_size"})
+        key = config_hash({"annotate": settings, "model": self.model_fingerprint, "data": self.data_fingerprint})
+        summary = self.out / "audit" / "summary.json"
+        done = summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("complete") is True
+
+        def work() -> dict[str, Any]:
+            result = workers.annotate(cfg, self.out / "audit", self.config.workers, self.log)
+            if not result.get("complete"):
+                raise KnowtuneError(f"{self.out / 'audit'}: the audit is incomplete", fix="rerun the same study command: it resumes")
+            return {"counts": result["overall"]["counts"]}
+
+        return self._stage("annotate", key, done, work)
+
+    def curate(self) -> str:
+        from knowtune.curate import run_curate
+
+        cfg = self.config.curate_config(self.out, self.data_path)
+        key = config_hash({"curate": cfg.model_dump(mode="json", exclude={"annotations", "data", "out"}),
+                           "annotate": self.state["stages"]["annotate"]["key"]})
+        done = (self.out / "variants" / "variants.json").is_file()
+
+        def work() -> dict[str, Any]:
+            index = run_curate(cfg)
+            return {"variants": {v["name"]: v["size"] for v in index["variants"]}}
+
+        return self._stage("curate", key, done, work)
+
+    def train(self) -> str:
+        """Train every selected variant (a variant whose data equals an earlier one's reuses its run)."""
+        index = self.variant_index()
+        names = self.selected_variants(index)
+        splits = self.eval_splits()
+        categories = self.categories()
+        key = config_hash({"train": self.config.comparable()["train"], "curate": self.state["stages"]["curate"]["key"],
+                           "variants": names, "eval": {k: [e.id for e in v] for k, v in splits.items()}})
+        done = all(self.state["runs"].get(n, {}).get("done") and (self.out / self.state["runs"][n]["dir"] / "provenance.json").is_file()
+                   for n in names)
+
+        def work() -> dict[str, Any]:
+            from knowtune.data import load_examples
+            from knowtune.study import workers
+
+            owner: dict[str, str] = {}  # data key -> the variant whose run holds it
+            jobs, runs_of = [], {}
+            for name in names:
+                examples = load_examples(self.out / "variants" / index[name]["train"])
+                data_key = config_hash([(e.id, list(e.answers)) for e in examples])
+                if data_key in owner:
+                    self.log(f"[train] {name}: same examples as {owner[data_key]}, reusing its run")
+                else:
+                    owner[data_key] = name
+                    run_dir = self.out / "runs" / name
+                    if (run_dir / "provenance.json").is_file():
+                        self.log(f"[train] {name}: finished earlier, checking its settings")
+                    jobs.append((self.config.train.model_dump(mode="json"), self.config.model, examples, splits, categories, run_dir, name))
+                runs_of.setdefault(owner[data_key], []).append(name)
+
+            def finished(owner_name: str) -> None:
+                for name in runs_of[owner_name]:
+                    self.state["runs"][name] = {"dir": f"runs/{owner_name}", "kind": index[name]["kind"], "size": index[name]["size"],
+                                                "params": self._params(name), "done": True}
+                self._save_state()
+                self.log(f"[train] {owner_name} finished")
+
+            workers.train(jobs, self.config.workers, self.log, finished)
+            return {"variants": names}
+
+        self.state["trained"] = names
+        return self._stage("train", key, done, work)
+
+    def analyse(self) -> str:
+        runs = self.runs()
+        key = config_hash({run.name: run.metrics for run in runs})
+        done = (self.out / ANALYSIS_FILE).is_file()
+
+        def work() -> dict[str, Any]:
+            analysis = analyse(runs)
+            analysis["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
+                                                model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
+            atomic_write_json(self.out / ANALYSIS_FILE, analysis)
+            return {"findings": {f["name"]: f["holds"] for f in analysis["findings"]}}
+
+        return self._stage("analyse", key, done, work)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def variant_index(self) -> dict[str, dict[str, Any]]:
+        index = json.loads((self.out / "variants" / "variants.json").read_text(encoding="utf-8"))
+        return {entry["name"]: entry for entry in index["variants"]}
+
+    def selected_variants(self, index: dict[str, dict[str, Any]]) -> list[str]:
+        """``train_variants`` in the given order, or every curated variant except D_Filtered."""
+        wanted = self.config.train_variants or [n for n, e in index.items() if e["kind"] != "filtered"]
+        missing = [n for n in wanted if n not in index]
+        if missing:
+            raise KnowtuneError(f"train_variants names {', '.join(missing)}, which curation did not build (built: {', '.join(index)})",
+                                fix="pick names from that list, or add the kinds or ratios that make them to the curate: section")
+        return wanted
+
+    def _params(self, name: str) -> dict[str, Any]:
+        manifest = json.loads((self.out / "variants" / name / "manifest.json").read_text(encoding="utf-8"))
+        return manifest.get("params", {})
+
+    def eval_splits(self) -> dict[str, list[QAExample]]:
+        """Dev, in-distribution test and OOD test examples (OOD: test relations without training examples)."""
+        from knowtune.data import load_examples
+        from knowtune.world.embedded import resolve_data_path
+
+        examples = load_examples(self.data_path)
+        relations = {e.relation for e in examples if e.split == "train"}
+        dev = load_examples(resolve_data_path(self.config.dev), split="dev") if self.config.dev else [e for e in examples if e.split == "dev"]
+        test = load_examples(resolve_data_path(self.config.test), split="test") if self.config.test else [e for e in examples if e.split == "test"]
+        if self.config.ood:
+            return {"dev": dev, "test": test, "ood": load_examples(resolve_data_path(self.config.ood), split="test")}
+        return {"dev": dev, "test": [e for e in test if e.relation in relations], "ood": [e for e in test if e.relation not in relations]}
+
+    def categories(self) -> dict[str, str]:
+        from knowtune.evaluate import load_categories
+
+        return load_categories(self.out / "audit")
+
+    def runs(self) -> list[Run]:
+        """The trained runs, as the analysis takes them."""
+        from knowtune.train.callbacks import read_metrics
+
+        runs = []
+        for name in self.state["trained"]:
+            info = self.state["runs"][name]
+            params = info.get("params", {})
+            runs.append(Run(name=name, kind=info["kind"], metrics=read_metrics(self.out / info["dir"] / "metrics.jsonl"),
+                            ratio=params.get("ratio"), size=info["size"], params=params))
+        return runs
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) every stage; returns ``{"stages": {name: "ran" | "skipped"}, "analysis": ...}``."""
+    study = Study(config, log)
+    study.open()
+    stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train(), "analyse": study.analyse()}
+    analysis = json.loads((study.out / ANALYSIS_FILE).read_text(encoding="utf-8"))
+    return {"out": str(study.out), "stages": stages, "analysis": analysis}

@@ -1,0 +1,106 @@
+"""Running the study's heavy stages on several CPU cores: one single-threaded process per worker.
+
+Tiny models run fastest single-threaded, and torch's own threads slow down badly when other
+processes share the cores; so with ``workers: N`` the audit runs as N shards
+(``AnnotateConfig.shard = i/N``, joined by :func:`knowtune.slick.results.merge_shards`) and the
+variants train N at a time, each in its own ``spawn``-ed process with one torch thread. With
+``workers: 1`` everything runs in the calling process. Results do not depend on N: shards
+draw the same samples as one run (docs/annotate.md), and each training run is seeded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from knowtune.data.schema import QAExample
+from knowtune.errors import KnowtuneError
+
+Log = Callable[[str], None]
+
+
+def _stderr(prefix: str) -> Log:
+    def log(line: str) -> None:
+        print(f"{prefix} {line}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _executor(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def annotate_progress(log: Log, tag: str) -> Callable[[dict[str, Any]], None]:
+    """An ``on_batch`` hook of ``run_annotate`` that logs done/total, speed and ETA."""
+    def progress(info: dict[str, Any]) -> None:
+        eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
+        log(f"[{tag}] {info['done']}/{info['total']} examples ({info['examples_per_s']:.1f}/s{eta})")
+
+    return progress
+
+
+def _annotate_shard(settings: dict[str, Any]) -> dict[str, Any]:
+    from knowtune.slick.annotate import run_annotate
+    from knowtune.slick.protocol import AnnotateConfig
+
+    _single_thread()
+    config = AnnotateConfig.model_validate(settings)
+    return run_annotate(config, on_batch=annotate_progress(_stderr(""), f"annotate {config.shard}"))
+
+
+def annotate(config, out: Path, workers: int, log: Log) -> dict[str, Any]:
+    """Run the audit ``config`` into ``out``: in this process, or as ``workers`` shards merged into ``out``."""
+    from knowtune.slick.annotate import run_annotate
+    from knowtune.slick.results import merge_shards
+
+    if workers == 1:
+        return run_annotate(config.model_copy(update={"out": str(out)}), on_batch=annotate_progress(log, "annotate"))
+    shard_dirs = [out.parent / f"{out.name}-shards" / f"{i}-of-{workers}" for i in range(workers)]
+    settings = [config.model_copy(update={"shard": f"{i}/{workers}", "out": str(d)}).model_dump(mode="json") for i, d in enumerate(shard_dirs)]
+    log(f"[annotate] {workers} shards in parallel processes ({shard_dirs[0].parent})")
+    with _executor(workers) as pool:
+        summaries = list(pool.map(_annotate_shard, settings))
+    incomplete = [str(d) for d, s in zip(shard_dirs, summaries) if not s.get("complete")]
+    if incomplete:
+        raise KnowtuneError(f"audit shards incomplete: {', '.join(incomplete)}", fix="rerun the same study command: it resumes")
+    return merge_shards(shard_dirs, out)
+
+
+def train_variant(settings: dict[str, Any], model: str, examples: Sequence[QAExample], splits: Mapping[str, Sequence[QAExample]],
+                  categories: Mapping[str, str], run_dir: Path, log: Log):
+    """Fine-tune ``model`` on one variant's ``examples`` with per-epoch evaluation on ``splits`` (resumes by itself)."""
+    from knowtune.train.config import TrainConfig
+    from knowtune.train.sft import train_model
+
+    return train_model(TrainConfig.model_validate(settings), model, examples, splits["dev"], splits["test"], splits["ood"],
+                       categories, run_dir, log=log)
+
+
+def _train_job(job: tuple) -> str:
+    settings, model, examples, splits, categories, run_dir, name = job
+    _single_thread()
+    train_variant(settings, model, examples, splits, categories, run_dir, _stderr(f"[train] {name}:"))
+    return name
+
+
+def train(jobs: Sequence[tuple], workers: int, log: Log, on_done: Callable[[str], None]) -> None:
+    """Run training ``jobs`` (``(settings, model, examples, splits, categories, run_dir, name)``), ``workers`` at a time."""
+    if workers == 1:
+        for settings, model, examples, splits, categories, run_dir, name in jobs:
+            train_variant(settings, model, examples, splits, categories, run_dir, lambda line, n=name: log(f"[train] {n}: {line}"))
+            on_done(name)
+        return
+    log(f"[train] {len(jobs)} runs, {workers} at a time in parallel processes")
+    with _executor(workers) as pool:
+        for name in pool.map(_train_job, jobs):
+            on_done(name)

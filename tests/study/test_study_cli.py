@@ -1,0 +1,171 @@
+"""A miniature study end to end through the CLI (`knowtune study`, `knowtune report`) on a tiny
+knowtune-pretrained model and a tiny world: 4 variants, 3 epochs; then reruns that skip done work."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from knowtune.cli import main
+from knowtune.config import load_config
+from knowtune.study.config import StudyConfig, demo_config_path
+from knowtune.study.findings import NAMES
+
+VARIANTS = ["D_0", "D_50", "D_100", "D_IDK_50"]
+
+
+def run(*args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `knowtune *args`, run in-process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([*map(str, args)])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    return code, out.getvalue(), " ".join(err.getvalue().split())
+
+
+def study_yaml(directory: Path, model: Path, world: Path, **changes) -> Path:
+    settings = {
+        "model": str(model), "data": str(world), "seed": 0, "device": "cpu", "train_variants": VARIANTS,
+        "annotate": {"n_ex": 2, "k": 2, "n_samples": 4, "splits": ["train", "test"]},
+        "curate": {"unknown_ratios": [0, 50, 100], "size": 8, "size_split": "equal", "variants": ["ratio", "idk"]},
+        "train": {"epochs": 3, "learning_rate": 1e-3, "batch_size": 4, "max_new_tokens": 8},
+    }
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        (settings[section].__setitem__(name, value) if name else settings.__setitem__(section, value))
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, knowing_model, study_world):
+    """The miniature study, run once: (study dir, config path, stdout of the first run)."""
+    root = tmp_path_factory.mktemp("study")
+    config = study_yaml(root, knowing_model, study_world)
+    code, out, err = run("study", "--config", config, "--out", root / "study")
+    assert code == 0, err
+    return root / "study", config, out
+
+
+def test_study_runs_every_stage_and_records_provenance(study):
+    out_dir, _, stdout = study
+    assert stdout.strip().splitlines()[-1] == str(out_dir)
+    assert "stages: annotate ran, curate ran, train ran, analyse ran" in stdout
+    state = json.loads((out_dir / "study.json").read_text())
+    assert [state["stages"][s]["status"] for s in ("annotate", "curate", "train", "analyse")] == ["done"] * 4
+    assert state["trained"] == VARIANTS
+    for key in ("config", "model_fingerprint", "seed", "knowtune_version"):
+        assert state["provenance"][key] is not None
+    for name in VARIANTS:
+        metrics = [json.loads(line) for line in (out_dir / state["runs"][name]["dir"] / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    analysis = json.loads((out_dir / "analysis.json").read_text())
+    assert analysis["provenance"]["model_fingerprint"] == state["provenance"]["model_fingerprint"]
+    assert set(analysis["variants"]) == set(VARIANTS)
+    assert len(analysis["regression_points"]) == 3 * 3  # D_0, D_50, D_100 at epochs 1-3; D_IDK_50 is left out
+    assert [row["variant"] for row in analysis["idk_table"]] == ["D_50", "D_IDK_50"]
+
+
+def test_report_writes_a_self_contained_page_pngs_and_findings(study):
+    out_dir, _, _ = study
+    code, stdout, err = run("report", out_dir)
+    assert code == 0, err
+    page = Path(stdout.strip().splitlines()[-1])
+    assert page == out_dir / "report" / "index.html"
+    results = json.loads((page.parent / "results.json").read_text())
+    assert [f["name"] for f in results["findings"]] == list(NAMES)
+    for finding in results["findings"]:
+        assert set(finding) == {"name", "holds", "value", "detail"}
+        assert finding["holds"] in (True, False, None) and isinstance(finding["detail"], str)
+        assert finding["value"] is None or isinstance(finding["value"], float)
+        assert finding["name"] in stdout
+    assert results["linear_model"]["in_distribution"]["paper"] == {"b0": 36.9, "b_kn": 7.3, "b_unk": -8.3, "r2": 0.86}
+    assert results["categories_by_exposure"]["rows"]  # the tiny model was pretrained by knowtune: exposures are known
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    assert pngs == sorted(results["figures"]) and len(pngs) == 6
+    html = page.read_text()
+    assert html.count("src='data:image/png;base64,") == 6
+    assert not re.search(r"(src|href)=['\"]?(http|//|[\w./-]+\.png)", html)  # nothing loaded from outside the page
+    assert "(36.9)" in html and "(61.8)" in html  # paper numbers beside ours: Table 1 b0, IDK accuracy
+    for finding in results["findings"]:
+        if finding["holds"] is False:
+            assert "Does not hold in this study" in html and finding["name"] in html
+
+
+def test_rerun_skips_every_done_stage(study):
+    out_dir, config, _ = study
+    before = mtimes(out_dir)
+    code, stdout, err = run("study", "--config", config, "--out", out_dir)
+    assert code == 0, err
+    assert "stages: annotate skipped, curate skipped, train skipped, analyse skipped" in stdout
+    assert mtimes(out_dir) == before
+
+
+def test_a_lost_run_is_retrained_alone(study):
+    out_dir, config, _ = study
+    before = mtimes(out_dir)
+    shutil.rmtree(out_dir / "runs" / "D_100")
+    code, stdout, err = run("study", "--config", config, "--out", out_dir)
+    assert code == 0, err
+    assert "stages: annotate skipped, curate skipped, train ran, analyse ran" in stdout
+    after = mtimes(out_dir)
+    assert {k: v for k, v in after.items() if "D_100" not in k} == {k: v for k, v in before.items() if "D_100" not in k}
+    assert (out_dir / "runs" / "D_100" / "provenance.json").is_file()
+
+
+def test_other_settings_in_the_same_directory_are_refused(study, tmp_path):
+    out_dir, _, _ = study
+    state = json.loads((out_dir / "study.json").read_text())
+    changed = study_yaml(tmp_path, Path(state["provenance"]["config"]["model"]), Path(state["provenance"]["config"]["data"]), train__epochs=4)
+    code, _, err = run("study", "--config", changed, "--out", out_dir)
+    assert code == 2 and "train.epochs" in err and "new --out" in err
+
+
+def test_unknown_variant_names_are_refused_with_the_built_ones(knowing_model, study_world, tmp_path):
+    config = study_yaml(tmp_path, knowing_model, study_world, train_variants=["D_0", "D_42"])
+    code, _, err = run("study", "--config", config, "--out", tmp_path / "study")
+    assert code == 2 and "D_42" in err and "built: D_0, D_50, D_100, D_IDK_50" in err
+
+
+def test_two_workers_give_the_same_audit_and_metrics(study, tmp_path):
+    out_dir, config, _ = study
+    settings = yaml.safe_load(config.read_text())
+    settings["workers"] = 2
+    parallel = tmp_path / "study.yaml"
+    parallel.write_text(yaml.safe_dump(settings))
+    code, _, err = run("study", "--config", parallel, "--out", tmp_path / "parallel")
+    assert code == 0, err
+    assert (tmp_path / "parallel" / "audit-shards" / "1-of-2" / "summary.json").is_file()
+    categories = lambda d: [(r["id"], r["category"]) for r in map(json.loads, (d / "audit" / "annotations.jsonl").read_text().splitlines())]  # noqa: E731
+    assert categories(tmp_path / "parallel") == categories(out_dir)
+    for name in VARIANTS:
+        metrics = [{k: v for k, v in json.loads(line).items() if k != "eval_seconds"}
+                   for d in (out_dir, tmp_path / "parallel") for line in (d / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        assert metrics[: len(metrics) // 2] == metrics[len(metrics) // 2:]
+
+
+def test_the_demo_config_trains_what_every_finding_needs():
+    config = load_config(StudyConfig, demo_config_path()).resolved()
+    assert (config.model, config.data) == ("default", "embedded")
+    trained = config.train_variants
+    ratios = sorted(int(n[2:]) for n in trained if re.fullmatch(r"D_\d+", n))
+    assert ratios[0] == 0 and ratios[-1] >= 50 and len(ratios) >= 3  # falls with X; ES recovers at high X
+    assert any(0 < x < 100 for x in ratios)  # Known and Unknown in one variant: fitting speeds
+    idk = [n for n in trained if n.startswith("D_IDK_")]
+    assert idk and f"D_{idk[0][6:]}" in trained and config.curate.idk_base_ratio == int(idk[0][6:])
+    assert set(config.annotate.splits) >= {"train", "test"} and config.annotate.mode == "lazy"
