@@ -10,6 +10,13 @@ batch 1, the prompt re-encoded every call. It uses the same prompts, the same st
 knowtune ``exact`` and ``lazy`` run on the same examples through ``run_annotate``
 (timed end to end: data, model loading, generation, store and exports).
 
+Each side is timed in wall-clock seconds and in CPU seconds of this process
+(``time.process_time``). The speed-ups of the last line are CPU-time ratios: on a machine
+shared with other jobs the wall clock of a few-second run depends on what the others do
+in those seconds, while CPU time counts only this process's work (with one thread, the
+wall time it would take on an idle core). The wall-clock ratios are printed on the line
+before.
+
 Usage::
 
     python benchmarks/annotate.py                       # default model, 200 train examples of the embedded world
@@ -25,13 +32,32 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from knowtune.matching import extract_answer
 from knowtune.slick.annotate import plan_audit, run_annotate
-from knowtune.slick.tokens import eos_token_ids, stop_token_mask
+from knowtune.slick.tokens import decode_batch, eos_token_ids, stop_token_mask
+
+
+@dataclass
+class Timer:
+    """Wall-clock and process CPU seconds of a block."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> "Timer":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+    def __str__(self) -> str:
+        return f"{self.wall:8.2f} s wall {self.cpu:8.2f} s cpu"
 from knowtune.slick.loading import load_model, resolve_model_dir
 from knowtune.slick.prompts import PromptBuilder
 from knowtune.slick.protocol import AnnotateConfig
@@ -72,8 +98,8 @@ def benchmark_data(source: str | None, split: str, n: int, pick: str, tmp: Path)
 
 
 @torch.inference_mode()
-def naive(config: AnnotateConfig) -> tuple[float, dict[str, list[str]]]:
-    """Seconds and greedy answers per example id of the batch-1 ``model.generate`` baseline."""
+def naive(config: AnnotateConfig) -> tuple[Timer, dict[str, list[str]]]:
+    """Time and greedy answers per example id of the batch-1 ``model.generate`` baseline."""
     plan = plan_audit(config, "float32")
     model, tokenizer = load_model(resolve_model_dir(config.model), "cpu", "float32")
     builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
@@ -86,29 +112,28 @@ def naive(config: AnnotateConfig) -> tuple[float, dict[str, list[str]]]:
     warm = torch.tensor(builder.encode(["Q: warm up\nA:"]))
     model.generate(warm, attention_mask=torch.ones_like(warm), do_sample=False, **common)  # first-call costs untimed
     torch.manual_seed(config.seed)
-    start = time.perf_counter()
-    for _, example in plan.examples:
-        answers = []
-        for exemplar_set in plan.sets[example.relation]:
-            text = builder.prompt(exemplar_set.for_example(example.id), example.question)
-            ids = torch.tensor(builder.encode([text]))
-            n = ids.shape[1]
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **common)
-            answers.append(extract_answer(tokenizer.decode(out[0, n:], skip_special_tokens=True), config.stop))
-            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=config.temperature,
-                           top_k=config.top_k, num_return_sequences=config.n_samples, **common)
-        greedy[example.id] = answers
-    return time.perf_counter() - start, greedy
+    with Timer() as timer:
+        for _, example in plan.examples:
+            answers = []
+            for exemplar_set in plan.sets[example.relation]:
+                text = builder.prompt(exemplar_set.for_example(example.id), example.question)
+                ids = torch.tensor(builder.encode([text]))
+                n = ids.shape[1]
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **common)
+                answers.append(extract_answer(decode_batch(tokenizer, [out[0, n:].tolist()])[0], config.stop))
+                model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=config.temperature,
+                               top_k=config.top_k, num_return_sequences=config.n_samples, **common)
+            greedy[example.id] = answers
+    return timer, greedy
 
 
-def knowtune_run(config: AnnotateConfig, out: Path) -> tuple[float, dict[str, list[str]], dict]:
-    """Seconds, greedy answers per id and summary of one ``run_annotate`` call."""
+def knowtune_run(config: AnnotateConfig, out: Path) -> tuple[Timer, dict[str, list[str]], dict]:
+    """Time, greedy answers per id and summary of one ``run_annotate`` call."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    summary = run_annotate(config.model_copy(update={"out": str(out)}))
-    seconds = time.perf_counter() - start
+    with Timer() as timer:
+        summary = run_annotate(config.model_copy(update={"out": str(out)}))
     records = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
-    return seconds, {r["id"]: r["greedy_answers"] for r in records}, summary
+    return timer, {r["id"]: r["greedy_answers"] for r in records}, summary
 
 
 def agreement(reference: dict[str, list[str]], *others: dict[str, list[str]]) -> float:
@@ -132,14 +157,15 @@ def main() -> None:
           f"threads={torch.get_num_threads()}", flush=True)
     knowtune_run(config.model_copy(update={"limit": 2}), out / "warmup")  # imports and first-call costs untimed
     t_lazy, g_lazy, s_lazy = knowtune_run(config.model_copy(update={"mode": "lazy"}), out / "lazy")
-    print(f"knowtune lazy:  {t_lazy:8.2f} s  generations={s_lazy['overall']['generations']}  counts={s_lazy['overall']['counts']}", flush=True)
+    print(f"knowtune lazy:  {t_lazy}  generations={s_lazy['overall']['generations']}  counts={s_lazy['overall']['counts']}", flush=True)
     t_exact, g_exact, s_exact = knowtune_run(config.model_copy(update={"mode": "exact"}), out / "exact")
-    print(f"knowtune exact: {t_exact:8.2f} s  generations={s_exact['overall']['generations']}  counts={s_exact['overall']['counts']}", flush=True)
+    print(f"knowtune exact: {t_exact}  generations={s_exact['overall']['generations']}  counts={s_exact['overall']['counts']}", flush=True)
     t_naive, g_naive = naive(config)
-    print(f"naive:          {t_naive:8.2f} s  generations={len(g_naive) * config.n_ex * (1 + config.n_samples)}", flush=True)
+    print(f"naive:          {t_naive}  generations={len(g_naive) * config.n_ex * (1 + config.n_samples)}", flush=True)
     same_categories = s_lazy["overall"]["counts"] == s_exact["overall"]["counts"]
     print(f"lazy and exact category counts equal: {same_categories}")
-    print(f"lazy_vs_naive={t_naive / t_lazy:.1f} exact_vs_naive={t_naive / t_exact:.1f} "
+    print(f"wall clock: lazy_vs_naive={t_naive.wall / t_lazy.wall:.1f} exact_vs_naive={t_naive.wall / t_exact.wall:.1f}")
+    print(f"lazy_vs_naive={t_naive.cpu / t_lazy.cpu:.1f} exact_vs_naive={t_naive.cpu / t_exact.cpu:.1f} "
           f"greedy_agreement={agreement(g_naive, g_lazy, g_exact):.1f}")
 
 

@@ -155,3 +155,12 @@ def test_config_file_with_flag_overrides(tiny_model, tiny_world, tmp_path, capsy
     assert records and all(r["split"] == "test" and r["generations"] == 34 for r in records)
     output = capsys.readouterr()
     assert "HighlyKnown" in output.out and "examples" in output.err  # summary table and progress lines
+
+
+def test_models_without_the_attention_registry_give_the_same_results(lazy_run, tiny_model, tiny_world, tmp_path, monkeypatch):
+    """The per-row-copy path (used for models outside transformers' attention registry)."""
+    import knowtune.slick.generation as generation
+
+    monkeypatch.setattr(generation, "supports_shared_prefix", lambda model: False)
+    run_annotate(_config(tiny_model, tiny_world, tmp_path))
+    assert _records(tmp_path) == _records(lazy_run)

@@ -53,6 +53,8 @@ def test_model_that_cannot_be_loaded(tiny_world, tmp_path, capsys):
     assert cli(*_base(broken, tiny_world[0], tmp_path / "o")) == 2
     err = capsys.readouterr().err
     assert "could not be loaded" in err and "Fix:" in err
+    assert not (tmp_path / "o" / "protocol.json").exists()  # nothing binds the dir to the broken model
+    assert cli(*_base(broken.parent / "missing_model_dir", tiny_world[0], tmp_path / "o")) == 2
 
 
 def test_out_dir_of_another_protocol_or_model(tiny_model, tiny_world, tmp_path, capsys):

@@ -24,8 +24,10 @@ def _setup(tiny_world, tiny_loaded, *, instruction="", exemplar_template="Q: {qu
     model, tokenizer = tiny_loaded
     config = AnnotateConfig(data=str(tiny_world[0]), exemplar_template=exemplar_template, query_template=query_template)
     plan = plan_audit(config, "float32")
-    builder = PromptBuilder(tokenizer, instruction=instruction, exemplar_template=exemplar_template, query_template=query_template, chat_template=False)
-    backend = HFBackend(model, tokenizer, stop="\n", max_new_tokens=12, temperature=temperature, top_k=top_k, batch_size=batch_size, shared_prefix=shared)
+    builder = PromptBuilder(tokenizer, instruction=instruction, exemplar_template=exemplar_template,
+                            query_template=query_template, chat_template=False)
+    backend = HFBackend(model, tokenizer, stop="\n", max_new_tokens=12, temperature=temperature, top_k=top_k,
+                        batch_size=batch_size, shared_prefix=shared)
     sets = plan.sets[relation]
     backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for s in sets]))
     examples = [e for _, e in plan.examples if e.relation == relation and e.split != "dev"][:n]
@@ -58,7 +60,8 @@ def test_prefix_that_tokenizes_differently_falls_back_exactly(tiny_world, tiny_l
     # The same text as the default template, cut so that the prefix ends in "Q: ": the
     # trailing space merges with the question's first word ("ĠWhere") in the full prompt,
     # so the cached prefix and the prompt diverge at the prefix's last token.
-    model, backend, prompts = _setup(tiny_world, tiny_loaded, instruction="Q: ", exemplar_template="{question}\nA: {answer}\nQ: ", query_template="{question}\nA:", n=3, shared=shared)
+    model, backend, prompts = _setup(tiny_world, tiny_loaded, instruction="Q: ", exemplar_template="{question}\nA: {answer}\nQ: ",
+                                     query_template="{question}\nA:", n=3, shared=shared)
     requests = [Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts]
     assert all(backend._shared_length(r) < len(backend._prefix_ids[r.prefix_index]) for r in requests)
     outputs = backend.generate(requests)
@@ -96,7 +99,8 @@ def test_shared_prefix_attention_equals_per_row_prefix_copies(tiny_world, tiny_l
     results = []
     for shared in (True, False):
         _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=1.0, n=3, shared=shared)
-        results.append(backend.generate([Request(s, tuple(ids), (GREEDY, *(row_key(0, j, s, t) for t in range(8)))) for j, (s, ids) in enumerate(prompts)]))
+        keys = [(GREEDY, *(row_key(0, j, s, t) for t in range(8))) for j, (s, _) in enumerate(prompts)]
+        results.append(backend.generate([Request(s, tuple(ids), k) for (s, ids), k in zip(prompts, keys)]))
     assert results[0] == results[1]
 
 
@@ -152,7 +156,8 @@ def test_chat_template_prompts_use_the_template_and_match_generate(tiny_world, t
     chat_tokenizer = copy.deepcopy(tokenizer)
     chat_tokenizer.chat_template = CHAT
     plan = plan_audit(AnnotateConfig(data=str(tiny_world[0])), "float32")
-    builder = PromptBuilder(chat_tokenizer, instruction="", exemplar_template="Q: {question}\nA: {answer}\n", query_template="Q: {question}\nA:", chat_template=True)
+    builder = PromptBuilder(chat_tokenizer, instruction="", exemplar_template="Q: {question}\nA: {answer}\n",
+                            query_template="Q: {question}\nA:", chat_template=True)
     sets = plan.sets["founded"]
     example = next(e for _, e in plan.examples if e.relation == "founded" and e.split == "test")
     prompt = builder.prompt(sets[0].exemplars, example.question)

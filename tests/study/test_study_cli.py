@@ -40,12 +40,21 @@ def study_yaml(directory: Path, model: Path, world: Path, **changes) -> Path:
         "curate": {"unknown_ratios": [0, 50, 100], "size": 8, "size_split": "equal", "variants": ["ratio", "idk"]},
         "train": {"epochs": 3, "learning_rate": 1e-3, "batch_size": 4, "max_new_tokens": 8},
     }
-    for key, value in changes.items():
+    for key, value in changes.items():  # "train__epochs" sets train.epochs
         section, _, name = key.partition("__")
-        (settings[section].__setitem__(name, value) if name else settings.__setitem__(section, value))
+        if name:
+            settings[section][name] = value
+        else:
+            settings[section] = value
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def categories(study_dir: Path) -> list[tuple[str, str]]:
+    """(id, SliCK category) of every audited example of a study, in file order."""
+    records = map(json.loads, (study_dir / "audit" / "annotations.jsonl").read_text().splitlines())
+    return [(r["id"], r["category"]) for r in records]
 
 
 def mtimes(root: Path) -> dict[str, int]:
@@ -69,6 +78,7 @@ def test_study_runs_every_stage_and_records_provenance(study):
     state = json.loads((out_dir / "study.json").read_text())
     assert [state["stages"][s]["status"] for s in ("annotate", "curate", "train", "analyse")] == ["done"] * 4
     assert state["trained"] == VARIANTS
+    assert {"HighlyKnown", "Unknown"} <= {category for _, category in categories(out_dir)}
     for key in ("config", "model_fingerprint", "seed", "knowtune_version"):
         assert state["provenance"][key] is not None
     for name in VARIANTS:
@@ -151,7 +161,6 @@ def test_two_workers_give_the_same_audit_and_metrics(study, tmp_path):
     code, _, err = run("study", "--config", parallel, "--out", tmp_path / "parallel")
     assert code == 0, err
     assert (tmp_path / "parallel" / "audit-shards" / "1-of-2" / "summary.json").is_file()
-    categories = lambda d: [(r["id"], r["category"]) for r in map(json.loads, (d / "audit" / "annotations.jsonl").read_text().splitlines())]  # noqa: E731
     assert categories(tmp_path / "parallel") == categories(out_dir)
     for name in VARIANTS:
         metrics = [{k: v for k, v in json.loads(line).items() if k != "eval_seconds"}

@@ -13,7 +13,7 @@ Modes:
   prompt until the first correct one. Categories equal exact mode's because samples are
   keyed by (seed, example, prompt, sample) and so identical in both modes.
 
-Work goes in batches of ``chunk_size`` examples of one relation, each committed to the
+Work goes in batches of ``chunk_size`` examples (of any relations), each committed to the
 SQLite store in one transaction, so a rerun resumes where a killed run stopped.
 """
 
@@ -119,15 +119,16 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
     fingerprint = model_fingerprint(model_dir)
     out = Path(config.out)
     check_out_dir(out, plan.protocol_hash, fingerprint, plan.protocol, overwrite=config.overwrite)
-    atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
-    save_config(config, out / "config.yaml")
     with AnnotationStore(out / "annotations.sqlite") as store:
-        store.set_meta({"shard": config.shard, "expected": len(plan.examples), "total": plan.total, "model": config.model})
         done = store.done(fingerprint, plan.protocol_hash)
         pending = [(i, e) for i, e in plan.examples if done.get(e.id) != example_hash(e)]
+        model_and_tokenizer = load_model(model_dir, device, dtype) if pending else None  # fails before anything is written
+        atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
+        save_config(config, out / "config.yaml")
+        store.set_meta({"shard": config.shard, "expected": len(plan.examples), "total": plan.total, "model": config.model})
         started = time.perf_counter()
-        if pending:
-            model, tokenizer = load_model(model_dir, device, dtype)
+        if model_and_tokenizer is not None:
+            model, tokenizer = model_and_tokenizer
             backend = HFBackend(model, tokenizer, stop=config.stop, max_new_tokens=config.max_new_tokens,
                                 temperature=config.temperature, top_k=config.top_k, batch_size=config.batch_size)
             builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,

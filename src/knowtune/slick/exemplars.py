@@ -40,7 +40,8 @@ class ExemplarSet:
         }
 
 
-def draw_exemplar_sets(pool: Sequence[QAExample], relations: Sequence[str], *, n_ex: int, k: int, seed: int, source: str) -> dict[str, list[ExemplarSet]]:
+def draw_exemplar_sets(pool: Sequence[QAExample], relations: Sequence[str], *, n_ex: int, k: int, seed: int,
+                       source: str) -> dict[str, list[ExemplarSet]]:
     """Draw ``n_ex`` sets of ``k`` exemplars (+1 spare) per relation from ``pool``.
 
     Deterministic: candidates are sorted by id and each relation uses its own
@@ -70,5 +71,6 @@ def draw_exemplar_sets(pool: Sequence[QAExample], relations: Sequence[str], *, n
 
 def _shortage_fix(source: str, k: int) -> str:
     if source == "dev":
-        return "add dev examples for this relation, use --exemplars-from train (the audited example is never its own exemplar), lower --k, or leave the relation out with --relations"
+        return ("add dev examples for this relation, use --exemplars-from train (the audited example is never its own "
+                "exemplar), lower --k, or leave the relation out with --relations")
     return f"add {source} examples for this relation, lower --k (now {k}), or leave the relation out with --relations"

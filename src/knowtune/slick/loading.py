@@ -35,7 +35,8 @@ def resolve_model_dir(spec: str) -> Path:
     except Exception as error:  # hub/network errors: one actionable message
         raise KnowtuneError(
             f"model {spec!r} is not a local directory and could not be fetched from the Hugging Face Hub: {type(error).__name__}: {error}",
-            fix="pass --model default, a local directory saved with save_pretrained, or a Hub id you can access (huggingface-cli login for gated models)",
+            fix="pass --model default, a local directory saved with save_pretrained, or a Hub id you can access "
+                "(huggingface-cli login for gated models)",
         ) from None
 
 

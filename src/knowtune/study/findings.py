@@ -29,6 +29,8 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
+from knowtune.study.analysis import GOLD_KINDS
+
 FIT_LEVEL = 0.9
 HIGH_UNKNOWN = 50
 NAMES = ("unknown_fitted_slower", "accuracy_falls_with_unknown", "regression_signs", "early_stop_recovers",
@@ -54,8 +56,6 @@ def _share(record: Mapping[str, Any], category: str) -> float:
 
 def unknown_fitted_slower(runs: Sequence[Any]) -> dict[str, Any]:
     """Unknown training examples are fitted more slowly than Known ones (pooled at each variant's e_K)."""
-    from knowtune.study.analysis import GOLD_KINDS
-
     name = "unknown_fitted_slower"
     pooled = {"kn_fit": 0, "kn_n": 0, "unk_fit": 0, "unk_n": 0}
     parts = []
@@ -92,6 +92,8 @@ def accuracy_falls_with_unknown(results: Mapping[str, Mapping[str, Any]]) -> dic
         return _untested(name, "needs D_X variants with at least two different X")
     xs = [x for x, _ in ratios]
     accs = [results[n]["conv"]["test"] for _, n in ratios]
+    if None in accs:
+        return _untested(name, "needs test accuracy (a test split with in-distribution examples)")
     rho = None if len(set(accs)) == 1 else float(spearmanr(xs, accs).statistic)
     holds = rho is not None and rho < 0 and accs[0] > accs[-1]
     detail = "CONV test accuracy: " + ", ".join(f"{n} {_fmt(a)}" for (_, n), a in zip(ratios, accs)) + f"; Spearman rho {_fmt(rho, 2)}"
@@ -120,9 +122,11 @@ def early_stop_recovers(results: Mapping[str, Mapping[str, Any]]) -> dict[str, A
         return _untested(name, "needs D_X variants with at least two different X")
     if any(results[n]["es"] is None for _, n in ratios):
         return _untested(name, "EARLY_STOP needs a dev set evaluated every epoch")
-    (lo, lo_name), (hi, hi_name) = ratios[0], ratios[-1]
+    lo_name, hi_name = ratios[0][1], ratios[-1][1]
     es = {n: results[n]["es"]["test"] for _, n in ratios}
     conv = {n: results[n]["conv"]["test"] for _, n in ratios}
+    if None in es.values() or None in conv.values():
+        return _untested(name, "needs test accuracy (a test split with in-distribution examples)")
     gap_es, gap_conv = es[lo_name] - es[hi_name], conv[lo_name] - conv[hi_name]
     high = [n for x, n in ratios if x >= HIGH_UNKNOWN] or [hi_name]
     behind = [n for n in high if es[n] < conv[n]]

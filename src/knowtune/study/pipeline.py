@@ -113,7 +113,7 @@ class Study:
             return source
         examples = sample_examples(load_examples(source), self.config.sample.model_dump(), self.config.study_seed)
         target = self.out / "data" / SAMPLE_FILE
-        if not target.is_file() or [e.id for e in load_examples(target)] != [e.id for e in examples]:
+        if not target.is_file() or load_examples(target) != examples:
             save_examples(examples, target)
         return target
 
