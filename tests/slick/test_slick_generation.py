@@ -191,3 +191,14 @@ def test_bfloat16_runs_and_mostly_agrees_with_float32(tiny_model, tiny_world, ti
         assert all(len(rows) == 2 for rows in outputs)
     agree = sum(a == b for a, b in zip(*answers)) / len(answers[0])
     assert agree >= 0.8
+
+
+def test_rejected_samples_stop_early_and_greedy_rows_never_do(tiny_world, tiny_loaded):
+    _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=2.0, n=2)
+    keys = [(GREEDY, *(row_key(0, j, s, t) for t in range(8))) for j, (s, _) in enumerate(prompts)]
+    full = backend.generate([Request(s, tuple(ids), k) for (s, ids), k in zip(prompts, keys)])
+    pruned = backend.generate([Request(s, tuple(ids), k, alive=lambda text: False) for (s, ids), k in zip(prompts, keys)])
+    for rows_full, rows_pruned in zip(full, pruned):
+        assert rows_pruned[0] == rows_full[0]  # the greedy answer is always decoded in full
+        assert all(len(p) == 1 and p == f[:1] for p, f in zip(rows_pruned[1:], rows_full[1:]))  # stopped after 1 token
+    assert any(len(row) > 1 for rows in full for row in rows[1:])

@@ -134,8 +134,9 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
             builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
                                     query_template=config.query_template, chat_template=config.chat_template)
             _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
-        wanted = {e.id: example_hash(e) for _, e in plan.examples}
-        rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id) == r.example_hash]
+        wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}
+        rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id, (None,))[0] == r.example_hash]
+        rows.sort(key=lambda r: wanted[r.example_id][1])  # today's dataset order
     run_info = {"model": config.model, "model_dir": str(model_dir), "device": device, "shard": config.shard, "expected": len(plan.examples),
                 "examples_this_run": len(pending), "seconds_this_run": round(time.perf_counter() - started, 3)}
     return write_outputs(out, rows, plan.protocol_hash, fingerprint, config.model_dump(mode="json"), config.seed, run_info)
