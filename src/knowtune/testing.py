@@ -17,3 +17,27 @@ def tiny_world(num_entities: int = 30, relations: int = 2, seed: int = 0):
     from knowtune.world.synthetic import SyntheticWorldConfig, generate_synthetic_world
 
     return generate_synthetic_world(SyntheticWorldConfig(num_entities=num_entities, relations=relations, seed=seed))
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``knowtune *args`` run in-process (``capsys``: pytest's fixture)."""
+    from knowtune.cli import main
+
+    try:
+        main([*map(str, args)])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table_row(out: str, name: str) -> list[str]:
+    """The cells of the rich table row (in ``out``) whose first cell is ``name``."""
+    import re
+
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]]
+        if cells and cells[0] == name:
+            return cells[1:]
+    raise AssertionError(f"no row {name!r} in:\n{out}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from knowtune.cli import main
+from knowtune.testing import run_cli, table_row
 from knowtune.cli.train import _with_lora, load_training_data
 from knowtune.data import save_examples
 from knowtune.errors import ConfigError
@@ -17,24 +16,8 @@ from knowtune.testing import tiny_world
 CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `knowtune *args`."""
-    try:
-        main([*map(str, args)])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def row(out: str, name: str) -> list[str]:
-    """The cells of the table row whose first cell is ``name``."""
-    for line in out.splitlines():
-        cells = [cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]]
-        if cells and cells[0] == name:
-            return cells[1:]
-    raise AssertionError(f"no row {name!r} in:\n{out}")
+run = run_cli
+row = table_row
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 from curate_annotations import annotation_records, write_annotation_dir
 
-from knowtune.cli import main
+from knowtune.testing import run_cli
 from knowtune.curate import load_annotated
 from knowtune.data import QAExample, load_examples, save_examples
 from knowtune.errors import DataError, KnowtuneError
@@ -18,13 +18,8 @@ ALL_VARIANTS = ["D_0", "D_25", "D_50", "D_75", "D_100", "D_Known_25", "D_Known_5
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `knowtune *args`."""
-    try:
-        main([*map(str, args)])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
+    """Exit status, stdout and stderr (whitespace folded) of `knowtune *args`."""
+    code, out, err = run_cli(capsys, *args)
     return code, out, " ".join(err.split())
 
 
