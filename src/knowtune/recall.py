@@ -10,6 +10,7 @@ never-seen facts (near 0) to the most exposed (near 1).
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +28,21 @@ def few_shot_prompt(exemplars: list[QAExample], question: str) -> str:
     return f"{shots}Q: {question}\nA:"
 
 
+_STOP_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def newline_token_ids(tokenizer) -> list[int]:
-    """Ids of every token whose text contains a newline, plus EOS: the answer stops at any of them."""
-    ids = [i for token, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([token])]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
+    """Ids of every token whose text contains a newline, plus EOS: the answer stops at any of them.
+
+    The same rule as the SliCK backend (:func:`knowtune.slick.tokens.stop_token_mask`),
+    computed once per tokenizer: evaluation calls this every epoch.
+    """
+    if tokenizer not in _STOP_IDS:
+        from knowtune.slick.tokens import eos_token_ids, stop_token_mask
+
+        mask = stop_token_mask(tokenizer, len(tokenizer), "\n", eos_token_ids(None, tokenizer))
+        _STOP_IDS[tokenizer] = mask.nonzero().flatten().tolist()
+    return _STOP_IDS[tokenizer]
 
 
 @torch.no_grad()
