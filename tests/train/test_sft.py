@@ -79,6 +79,17 @@ def test_labels_mask_exactly_the_prompt(tiny_pretrained):
             assert labels[-len(newline):] == newline if terminator == "newline" else labels[-1] == tokenizer.eos_token_id
 
 
+def test_answer_prefix_is_part_of_the_target(tiny_pretrained):
+    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    train, *_ = _data()
+    fmt = PromptFormat(template="Answer the following question. {question}")
+    for ex, row in zip(train, build_sft_rows(train, tokenizer, fmt, answer_prefix=" ")):
+        n_prompt = len(tokenizer(fmt.render(ex.question), add_special_tokens=False)["input_ids"])
+        assert row["labels"][:n_prompt] == [-100] * n_prompt
+        assert tokenizer.decode(row["input_ids"][n_prompt:]) == " " + ex.answers[0] + "\n"
+        assert row["input_ids"][n_prompt:] == tokenizer(" " + ex.answers[0] + "\n", add_special_tokens=False)["input_ids"]
+
+
 def test_left_and_right_padding_give_the_same_logits(tiny_pretrained):
     model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
     train, *_ = _data()

@@ -71,6 +71,7 @@ class TrainConfig(StageConfig):
     eval_batch_size: int = Field(64, ge=1)
     idk_phrase: str = DEFAULT_IDK
     prompt_template: str = DEFAULT_TEMPLATE
+    answer_prefix: str = ""
     answer_terminator: Literal["newline", "eos"] = "newline"
     padding_side: Literal["right", "left"] = "right"
     max_new_tokens: int = Field(24, ge=1)

@@ -42,17 +42,21 @@ _RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE)
 _RUN_DIRS = ("checkpoints", "model", "adapter", "best", "teacher", "format_stage", "runs")
 
 
-def build_sft_rows(examples: Sequence[QAExample], tokenizer, prompt_format: PromptFormat, *, terminator: str = "newline") -> list[dict[str, list[int]]]:
+def build_sft_rows(
+    examples: Sequence[QAExample], tokenizer, prompt_format: PromptFormat, *, terminator: str = "newline", answer_prefix: str = ""
+) -> list[dict[str, list[int]]]:
     """``input_ids`` = prompt + answer + terminator, ``labels`` = -100 on the prompt, ids on the rest.
 
     Prompt and answer are tokenized separately (no special tokens, as generation sees the
-    prompt), so the label boundary is exact. The target is the first gold answer.
+    prompt), so the label boundary is exact. The target is ``answer_prefix`` + the first gold
+    answer: with a byte-level BPE, ``" Paris"`` after ``"?"`` and ``"Paris"`` after a newline
+    are different tokens, and the prefix picks the one the base model learned its facts in.
     """
     if terminator == "eos" and tokenizer.eos_token_id is None:
         raise ConfigError("answer_terminator is eos but the tokenizer has no EOS token", fix="set answer_terminator: newline")
     prompts = tokenizer([prompt_format.render(ex.question) for ex in examples], add_special_tokens=False)["input_ids"]
     suffix = "\n" if terminator == "newline" else ""
-    answers = tokenizer([ex.answers[0] + suffix for ex in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([answer_prefix + ex.answers[0] + suffix for ex in examples], add_special_tokens=False)["input_ids"]
     rows = []
     for prompt, answer in zip(prompts, answers):
         answer = list(answer) + ([tokenizer.eos_token_id] if terminator == "eos" else [])
@@ -277,7 +281,7 @@ def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, lo
 
         set_seed(config.seed)
         stage, _ = prepare_model(copy.deepcopy(model), config, log=lambda _: None)
-        rows = build_sft_rows(known, tokenizer, PromptFormat(template=config.prompt_template), terminator=config.answer_terminator)
+        rows = build_sft_rows(known, tokenizer, PromptFormat(template=config.prompt_template), terminator=config.answer_terminator, answer_prefix=config.answer_prefix)
         build_trainer(config, stage, tokenizer, rows, out_dir / "format_stage", method="sft", epochs=config.selfdistill.format_stage_epochs, save=False).train()
         teacher = stage.merge_and_unload() if hasattr(stage, "merge_and_unload") else stage
         save_model_dir(teacher, tokenizer, teacher_dir)
@@ -325,7 +329,7 @@ def train_model(
 
     model, tokenizer, teacher, trainable = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log)
     prompt_format = PromptFormat(template=config.prompt_template)
-    rows = build_sft_rows(train_examples, tokenizer, prompt_format, terminator=config.answer_terminator)
+    rows = build_sft_rows(train_examples, tokenizer, prompt_format, terminator=config.answer_terminator, answer_prefix=config.answer_prefix)
     evaluator = EpochEvalCallback(
         tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, prompt_format=prompt_format,
         idk_phrase=config.idk_phrase, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
