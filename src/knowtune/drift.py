@@ -88,7 +88,7 @@ def _check_subjects(examples: Sequence[QAExample]) -> None:
 def _resolve_layer(layer: int, count: int) -> int:
     if not -count <= layer < count:
         raise ConfigError(f"drift layer {layer} is out of range: the model has {count} hidden states (0 = embeddings, {count - 1} = last layer)",
-                          fix=f"set the layer between {-count} and {count - 1} (negative counts from the end)")
+                          fix=f"set the layer between {-count} and {count - 1} (negative counts from the end; `knowtune train`: drift.layer or --drift-layer)")
     return layer % count
 
 

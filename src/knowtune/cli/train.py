@@ -40,6 +40,8 @@ def train_command(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the last checkpoint in --out [on]; --no-resume starts over."),
     report_to: Optional[list[str]] = typer.Option(None, "--report-to", help="Trainer reporters, e.g. tensorboard; repeatable."),
     max_eval_examples: Optional[int] = typer.Option(None, "--max-eval-examples", help="Cap of each per-epoch evaluation set [1000]."),
+    drift: Optional[bool] = typer.Option(None, "--drift/--no-drift", help="Track the representation drift of held-out entities every epoch (settings from the config's drift: block, else defaults)."),
+    drift_layer: Optional[int] = typer.Option(None, "--drift-layer", help="hidden_states index for the drift: 0 = embeddings, -1 = last layer [-1] (implies --drift)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
 ) -> None:
     """Fine-tune a model on closed-book QA and track what it learns and forgets: see docs/train.md."""
@@ -54,6 +56,7 @@ def train_command(
     }
     settings = load_config(TrainConfig, config, overrides)
     settings = _with_lora(settings, lora, lora_r)
+    settings = _with_drift(settings, drift, drift_layer)
     splits = load_training_data(data, dev=dev, test=test, ood=ood)
     categories = _categories(annotations, [example for split in splits.values() for example in split])
     err_console.print(f"train: {len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test, "
@@ -115,11 +118,27 @@ def _with_lora(settings, lora: bool | None, lora_r: int | None):
         raise ConfigError(f"--lora-r: {error.errors()[0]['msg']} (got {lora_r})", fix="pass a rank >= 1") from None
 
 
+def _with_drift(settings, drift: bool | None, drift_layer: int | None):
+    """Apply --drift/--no-drift and --drift-layer on top of the config's ``drift`` block."""
+    from knowtune.train.config import DriftSettings
+
+    if drift is False:
+        if drift_layer is not None:
+            raise ConfigError("--no-drift and --drift-layer contradict each other", fix="drop one of them")
+        return settings.model_copy(update={"drift": None})
+    if not drift and drift_layer is None:
+        return settings
+    values = settings.drift.model_dump() if settings.drift is not None else {}
+    if drift_layer is not None:
+        values["layer"] = drift_layer
+    return settings.model_copy(update={"drift": DriftSettings.model_validate(values)})
+
+
 def _summary_table(result) -> Table:
     table = Table(title=f"fine-tuning metrics ({result.out_dir / 'metrics.jsonl'})")
     columns = [("train/exact_match", "train fit"), ("dev/exact_match", "dev EM"), ("test/exact_match", "test EM"),
                ("test/exact_match/Known", "test Known EM"), ("test/exact_match/Unknown", "test Unknown EM"),
-               ("ood/exact_match", "OOD EM"), ("test/answer_rate", "test answered")]
+               ("ood/exact_match", "OOD EM"), ("test/answer_rate", "test answered"), ("drift/cosine", "drift")]
     present = [(key, label) for key, label in columns if any(record.get(key) is not None for record in result.metrics)]
     table.add_column("epoch", no_wrap=True)
     for _, label in present:

@@ -6,6 +6,8 @@ dynamics track the share of training examples the model has *fitted* (its greedy
 to the training question is correct), per SliCK category. :class:`EpochEvalCallback`
 writes one JSON line per evaluation to ``metrics.jsonl`` (keys in docs/train.md), starting
 with epoch 0 (the model before training), so every curve starts at the base model.
+With a :class:`DriftTracker` it also writes the representation drift of held-out entities
+(Kaplan, Gekhman et al., arXiv 2604.15574, 2026; :mod:`knowtune.drift`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from knowtune.data.schema import QAExample
-from knowtune.evaluate import DEFAULT_IDK, PromptFormat, evaluate_examples, flat_metrics
+from knowtune.drift import DEFAULT_LAYER, cosine_drift, entity_states
+from knowtune.errors import ConfigError
+from knowtune.evaluate import DEFAULT_IDK, DEFAULT_TEMPLATE, KNOWN_GROUP, PromptFormat, evaluate_examples, flat_metrics
 from knowtune.io import atomic_write_jsonl
+from knowtune.slick.categories import CATEGORIES, KNOWN
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_SETS = ("train", "dev", "test", "ood")
@@ -64,6 +71,65 @@ def eval_subset(examples: Sequence[QAExample], cap: int | None, seed: int) -> li
         return list(examples)
     keep = sorted(random.Random(seed).sample(range(len(examples)), cap))
     return [examples[i] for i in keep]
+
+
+def select_drift_examples(split: str, examples: Sequence[QAExample], categories: Mapping[str, str] | None,
+                          groups: Sequence[str] | None, cap: int | None, seed: int) -> list[QAExample]:
+    """The examples whose drift is tracked: those of ``split`` in ``groups`` (SliCK categories
+    or ``Known``; ``None`` = Known when there are categories, else all), capped by a seeded sample."""
+    if not examples:
+        raise ConfigError(f"drift.split is {split} but there are no {split} examples",
+                          fix=f"pass {split} examples (--{split} PATH or a dataset with a {split} split), or set drift.split to a split you have")
+    if groups is not None and categories is None:
+        raise ConfigError(f"drift.categories {list(groups)} needs SliCK categories", fix="pass --annotations DIR, or unset drift.categories")
+    if categories is not None:
+        wanted = set(groups if groups is not None else [KNOWN_GROUP])
+        keep = (set(CATEGORIES) & wanted) | (set(KNOWN) if KNOWN_GROUP in wanted else set())
+        examples = [ex for ex in examples if categories.get(ex.id) in keep]
+        if not examples:
+            raise ConfigError(f"no {split} example is in the drift groups {sorted(wanted)}",
+                              fix="set drift.categories to groups your data has (e.g. [Unknown]), or another drift.split")
+    return eval_subset(examples, cap, seed)
+
+
+@dataclass
+class DriftTracker:
+    """Representation drift of ``examples`` from the base model (Kaplan, Gekhman et al. 2026):
+
+        drift/cosine = (1/n) sum_i (1 - cos(h_i^base, h_i^now))
+
+    with h_i the hidden state at ``layer`` of the last subject token of example i's prompt
+    (:func:`knowtune.drift.entity_states`); ``reference`` (n, hidden) holds the base model's
+    states. ``groups`` maps a SliCK group to its rows, reported as ``drift/cosine/<group>``.
+    """
+
+    examples: list[QAExample]
+    reference: torch.Tensor  # (n, H)
+    layer: int = DEFAULT_LAYER
+    template: str = DEFAULT_TEMPLATE
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    batch_size: int = 64
+
+    @classmethod
+    def from_base(cls, model, tokenizer, examples: Sequence[QAExample], *, categories: Mapping[str, str] | None = None,
+                  layer: int = DEFAULT_LAYER, template: str = DEFAULT_TEMPLATE, batch_size: int = 64) -> "DriftTracker":
+        """Read the reference states from ``model``, which must be the base model (before any training)."""
+        examples = list(examples)
+        reference = entity_states(model, tokenizer, examples, layer=layer, template=template, batch_size=batch_size)
+        groups: dict[str, list[int]] = {}
+        if categories is not None:
+            for name in CATEGORIES:
+                groups[name] = [i for i, ex in enumerate(examples) if categories.get(ex.id) == name]
+            groups[KNOWN_GROUP] = [i for i, ex in enumerate(examples) if categories.get(ex.id) in KNOWN]
+        return cls(examples, reference, layer, template, {k: rows for k, rows in groups.items() if rows}, batch_size)
+
+    def measure(self, model, tokenizer) -> dict[str, float | int]:
+        """``drift/n``, ``drift/cosine`` and ``drift/cosine/<group>`` of ``model`` now."""
+        current = entity_states(model, tokenizer, self.examples, layer=self.layer, template=self.template, batch_size=self.batch_size)
+        record: dict[str, float | int] = {"drift/n": len(self.examples), "drift/cosine": cosine_drift(self.reference, current)}
+        for name, rows in self.groups.items():
+            record[f"drift/cosine/{name}"] = cosine_drift(self.reference[rows], current[rows])
+        return record
 
 
 def save_model_dir(model, tokenizer, directory: Path) -> None:
@@ -106,6 +172,7 @@ class EpochEvalCallback(TrainerCallback):
     ``early_stopping_patience`` the run stops when dev exact match has not improved for that
     many epochs (epoch 0 is a reference, not a candidate); with ``best_dir`` the best-dev
     model is saved there. ``every_epoch=False`` evaluates only before and after training.
+    ``drift`` adds the representation drift from the base model to every record.
     """
 
     def __init__(
@@ -127,6 +194,7 @@ class EpochEvalCallback(TrainerCallback):
         early_stopping_patience: int | None = None,
         best_dir: str | Path | None = None,
         every_epoch: bool = True,
+        drift: DriftTracker | None = None,
         log: Callable[[str], None] = print,
     ):
         self.tokenizer = tokenizer
@@ -141,12 +209,13 @@ class EpochEvalCallback(TrainerCallback):
         self.stopper = EarlyStopping(early_stopping_patience)
         self.best_dir = Path(best_dir) if best_dir is not None else None
         self.every_epoch = every_epoch
+        self.drift = drift
         self.log = log
         self.history: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None
 
     def evaluate(self, model) -> dict[str, Any]:
-        """Flat metrics of every evaluation set (``<set>/<metric>[/<group>]``)."""
+        """Flat metrics of every evaluation set (``<set>/<metric>[/<group>]``) and, with a tracker, ``drift/...``."""
         record: dict[str, Any] = {}
         for name, examples in self.sets.items():
             result = evaluate_examples(
@@ -154,6 +223,8 @@ class EpochEvalCallback(TrainerCallback):
                 batch_size=self.batch_size, prompt_format=self.prompt_format, max_new_tokens=self.max_new_tokens,
             )
             record.update(flat_metrics(name, result))
+        if self.drift is not None:
+            record.update(self.drift.measure(model, self.tokenizer))
         return record
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -228,7 +299,7 @@ class EpochEvalCallback(TrainerCallback):
 def _progress_line(record: Mapping[str, Any]) -> str:
     parts = [f"epoch {record['epoch']}"]
     for key, label in (("train_loss", "loss"), ("train/exact_match", "train fit"), ("dev/exact_match", "dev EM"),
-                       ("test/exact_match", "test EM"), ("ood/exact_match", "OOD EM")):
+                       ("test/exact_match", "test EM"), ("ood/exact_match", "OOD EM"), ("drift/cosine", "drift")):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.3f}")
     return "  ".join(parts)

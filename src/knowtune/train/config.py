@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from knowtune.config import StageConfig
-from knowtune.evaluate import DEFAULT_IDK, DEFAULT_TEMPLATE
+from knowtune.drift import DEFAULT_LAYER
+from knowtune.evaluate import DEFAULT_IDK, DEFAULT_TEMPLATE, GROUPS
 from knowtune.train.selfdistill import SelfDistillationConfig
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"]
@@ -47,6 +48,34 @@ class SelfDistillSettings(SelfDistillationConfig):
         return SelfDistillationConfig(**self.model_dump(exclude={"teacher", "format_stage_epochs", "student_from_format_stage"}))
 
 
+class DriftSettings(StageConfig):
+    """Representation drift of held-out entities per epoch (Kaplan, Gekhman et al., arXiv 2604.15574, 2026).
+
+    ``layer`` indexes ``hidden_states`` (0 = embeddings, -1 = last; :mod:`knowtune.drift`).
+    ``split``: the examples measured (``test``: held-out facts, never trained on).
+    ``categories``: SliCK groups kept (``HighlyKnown``, ``MaybeKnown``, ``WeaklyKnown``,
+    ``Unknown``, ``Known``); ``None`` = the Known ones when the run has categories (the paper
+    measures held-out *known* entities), all examples when it has none. ``max_examples``
+    caps the set (a sample seeded with the run's seed).
+    """
+
+    layer: int = DEFAULT_LAYER
+    split: Literal["train", "dev", "test", "ood"] = "test"
+    categories: list[str] | None = None
+    max_examples: int | None = Field(1000, ge=1)
+
+    @field_validator("categories")
+    @classmethod
+    def _known_groups(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("an empty list keeps no example; leave categories unset for the default (Known)")
+            unknown = [name for name in value if name not in GROUPS]
+            if unknown:
+                raise ValueError(f"unknown groups {unknown}; use {', '.join(GROUPS)}")
+        return value
+
+
 class TrainConfig(StageConfig):
     """Settings of one fine-tuning run (see docs/train.md for each key)."""
 
@@ -76,6 +105,7 @@ class TrainConfig(StageConfig):
     padding_side: Literal["right", "left"] = "right"
     max_new_tokens: int = Field(24, ge=1)
     selfdistill: SelfDistillSettings = Field(default_factory=SelfDistillSettings)
+    drift: DriftSettings | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("prompt_template")

@@ -35,7 +35,7 @@ from knowtune.evaluate import PromptFormat
 from knowtune.io import atomic_write_json
 from knowtune.provenance import config_hash
 from knowtune.slick.categories import KNOWN
-from knowtune.train.callbacks import METRICS_FILE, EpochEvalCallback, read_metrics, save_model_dir
+from knowtune.train.callbacks import METRICS_FILE, DriftTracker, EpochEvalCallback, read_metrics, save_model_dir, select_drift_examples
 from knowtune.train.config import TrainConfig
 
 _RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE)
@@ -310,7 +310,10 @@ def train_model(
     Validates everything before writing; resumes from the last checkpoint in
     ``out_dir/checkpoints`` when ``resume`` (a finished run with the same settings is
     returned as is). ``categories`` (example id -> SliCK category) enable per-category
-    metrics and the format-stage teacher. The same config, data and seed give the same metrics.
+    metrics and the format-stage teacher. With ``config.drift`` the base model's hidden
+    states of the drift examples are read right after loading it (before any format stage,
+    adapter or freezing, and again on resume), and every record gets ``drift/cosine``.
+    The same config, data and seed give the same metrics.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -321,20 +324,22 @@ def train_model(
     _use_cpu(config)
     check_reporters(config.report_to)
     splits = {"train": train_examples, "dev": dev_examples, "test": test_examples, "ood": ood_examples}
+    drift = config.drift
+    drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed) if drift else None
     run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
            "data_hash": _data_hash(*splits.values()), "categories_hash": config_hash(sorted((categories or {}).items()))}
     if resume and _check_resumable(out_dir, run):
         log(f"{out_dir} already holds this finished run")
         return _load_finished(out_dir)
 
-    model, tokenizer, teacher, trainable = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log)
+    model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log, drift_examples)
     prompt_format = PromptFormat(template=config.prompt_template)
     rows = build_sft_rows(train_examples, tokenizer, prompt_format, terminator=config.answer_terminator, answer_prefix=config.answer_prefix)
     evaluator = EpochEvalCallback(
         tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, prompt_format=prompt_format,
         idk_phrase=config.idk_phrase, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
         max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
-        best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, log=log,
+        best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, log=log,
     )
     checkpoints = out_dir / "checkpoints"
     trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks], teacher=teacher)
@@ -345,15 +350,18 @@ def train_model(
     return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, {k: len(v) for k, v in splits.items()})
 
 
-def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log):
-    """Load the model, make the teacher, apply dropout/LoRA/freezing; write ``config.yaml`` and
-    ``run.json`` only once every setting has been checked. Returns ``(model, tokenizer, teacher, trainable)``."""
+def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
+           drift_examples: Sequence[QAExample] | None = None):
+    """Load the model, read the drift reference, make the teacher, apply dropout/LoRA/freezing; write
+    ``config.yaml`` and ``run.json`` only once every setting has been checked.
+    Returns ``(model, tokenizer, teacher, trainable, drift tracker or None)``."""
     from transformers import set_seed
 
     from knowtune.models import load_model_and_tokenizer
 
     set_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(model_spec)
+    tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None else None
     teacher, trainable = None, None
     if _format_stage(config):  # the format stage needs the unprepared model: check the settings on a copy
         prepare_model(copy.deepcopy(model), config, log=lambda _: None)
@@ -371,7 +379,22 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
         teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
         set_seed(config.seed)
         model, trainable = prepare_model(model, config, log)
-    return model, tokenizer, teacher, trainable
+    return model, tokenizer, teacher, trainable, tracker
+
+
+def _drift_tracker(config: TrainConfig, model, tokenizer, examples: Sequence[QAExample], categories, log) -> DriftTracker:
+    """The base model's states of the drift examples, read on the training device (so that an
+    untouched model gives exactly 0); the model goes back to where it was."""
+    device = torch.device("cpu" if _use_cpu(config) else "cuda")
+    origin = next(model.parameters()).device
+    model.to(device)
+    try:
+        tracker = DriftTracker.from_base(model, tokenizer, examples, categories=categories, layer=config.drift.layer,
+                                         template=config.prompt_template, batch_size=config.eval_batch_size)
+    finally:
+        model.to(origin)
+    log(f"drift: base-model states of {len(examples)} {config.drift.split} examples at hidden_states[{config.drift.layer}]")
+    return tracker
 
 
 def _finish(config: TrainConfig, model, tokenizer, evaluator: EpochEvalCallback, out_dir: Path, run: dict[str, Any],
