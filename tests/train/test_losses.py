@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from knowtune.train.losses import SelfDistillationLoss
+from knowtune.train.losses import SelfDistillationLoss, target_mask
 
 B, T, V = 3, 6, 11
 IGNORE = -100
@@ -173,3 +173,27 @@ def test_rejects_bad_arguments():
     student, teacher, labels = _batch()
     with pytest.raises(ValueError, match="either teacher_logits"):
         SelfDistillationLoss()(student, labels)
+
+
+def test_target_mask_marks_the_logits_that_predict_a_target():
+    _, _, labels = _batch()
+    mask = target_mask(labels)
+    assert mask.shape == labels.shape and not mask[:, -1].any()
+    assert mask[:, :-1].equal(labels[:, 1:] != IGNORE)
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_token_loss_on_picked_positions_equals_the_batch_loss(top_k, temperature):
+    student, teacher, labels = _batch(4)
+    loss = SelfDistillationLoss(temperature=temperature, top_k=top_k)
+    mask = target_mask(labels)
+    whole_logits, picked_logits = student.clone().requires_grad_(True), student[mask].clone().requires_grad_(True)
+    whole = loss(whole_logits, labels, teacher, num_items_in_batch=17)
+    picked = loss.token_loss(picked_logits, labels[:, 1:][mask[:, :-1]], teacher[mask], num_items_in_batch=17)
+    torch.testing.assert_close(picked.total, whole.total, rtol=0, atol=1e-6)
+    assert int(picked.num_tokens) == int(whole.num_tokens) == int(mask.sum())
+    whole.total.backward()
+    picked.total.backward()
+    torch.testing.assert_close(picked_logits.grad, whole_logits.grad[mask], rtol=0, atol=1e-7)
+    assert float(whole_logits.grad[~mask].abs().max()) == 0.0  # nothing else gets a gradient

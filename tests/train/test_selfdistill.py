@@ -11,12 +11,14 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from knowtune.errors import ConfigError
+from knowtune.train.losses import target_mask
 from knowtune.train.selfdistill import (
     TEACHER_TOPK_LOGPROBS,
     SelfDistillationConfig,
     SelfDistillationTrainer,
     TeacherTopKCollator,
     load_teacher_topk,
+    logits_at,
     precompute_teacher_topk,
     save_teacher_topk,
     with_teacher_topk,
@@ -207,3 +209,74 @@ def test_config_rejects_unknown_and_invalid_values():
         SelfDistillationConfig(direction="sideways")
     with pytest.raises(ValueError, match="temperature"):
         SelfDistillationConfig(temperature=0)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("teacher_kind", ["live", "peft", "cached"])
+def test_logits_at_target_positions_give_the_full_logits_loss_and_gradients(tmp_path, teacher_kind):
+    config = SelfDistillationConfig(temperature=0.5, top_k=8 if teacher_kind == "cached" else None)
+    rows, teacher = _rows(5), _other_teacher()
+    student = _tiny_llama()
+    if teacher_kind == "peft":
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+        student = get_peft_model(student, lora)
+        with torch.no_grad():  # move the adapters off zero, so the student is not its own teacher
+            for name, p in student.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.5)
+        teacher = None
+    if teacher_kind == "cached":
+        cache = precompute_teacher_topk(teacher, rows, k=8, batch_size=5, temperature=0.5)
+        rows, teacher = with_teacher_topk(rows, cache, config), None
+    batch = TeacherTopKCollator()(rows)
+    trainer = SelfDistillationTrainer(student, _args(tmp_path), teacher=teacher, distill_config=config)
+    student.train()
+
+    fast = trainer.compute_loss(student, dict(batch), num_items_in_batch=torch.tensor(15))
+    fast.backward()
+    fast_grads = _grads(student)
+    student.zero_grad()
+
+    # Direct computation: full (B, T, V) logits of student and teacher, SelfDistillationLoss.forward.
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    logits = student(**plain).logits  # (B, T, V)
+    if teacher_kind == "live":
+        teacher_side = {"teacher_logits": teacher(**plain).logits.detach()}
+    elif teacher_kind == "peft":
+        with torch.no_grad(), student.disable_adapter():
+            student.eval()
+            teacher_side = {"teacher_logits": student(**plain).logits}
+            student.train()
+    else:
+        teacher_side = {k: batch[k] for k in (TEACHER_TOPK_LOGPROBS, "teacher_topk_indices")}
+    direct = trainer.distill_loss(logits, batch["labels"], num_items_in_batch=torch.tensor(15), **teacher_side)
+    direct.total.backward()
+    torch.testing.assert_close(fast, direct.total, rtol=0, atol=1e-6)
+    assert float(direct.kl.detach()) > 0.01  # the KL term is really there
+    direct_grads = _grads(student)
+    assert fast_grads.keys() == direct_grads.keys() and fast_grads
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, direct_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_logits_at_computes_the_output_layer_at_the_masked_positions_only():
+    model, batch = _tiny_llama(), TeacherTopKCollator()(_rows(5))
+    mask = target_mask(batch["labels"])
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    with logits_at(model, mask) as select:
+        picked = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert picked.shape == (int(mask.sum()), VOCAB)  # (N, V): the hook handed lm_head N rows
+    torch.testing.assert_close(select(picked), full[mask])
+    assert select(full).shape == picked.shape  # (B, T, V) logits are picked out afterwards
+    assert model(input_ids=batch["input_ids"]).logits.shape == full.shape  # the hook is gone
+
+
+def test_return_outputs_keeps_the_full_logits(tmp_path):
+    student, batch = _tiny_llama(), TeacherTopKCollator()(_rows())
+    trainer = SelfDistillationTrainer(student, _args(tmp_path), teacher=_other_teacher())
+    loss, outputs = trainer.compute_loss(student, dict(batch), return_outputs=True)
+    assert outputs.logits.shape == (*batch["input_ids"].shape, VOCAB)
+    torch.testing.assert_close(loss, trainer.compute_loss(student, dict(batch)), rtol=0, atol=1e-6)

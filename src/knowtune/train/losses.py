@@ -115,25 +115,42 @@ class SelfDistillationLoss(nn.Module):
             raise ValueError("pass either teacher_logits or teacher_topk_logprobs + teacher_topk_indices")
         if cached and (teacher_topk_logprobs is None or teacher_topk_indices is None):
             raise ValueError("teacher_topk_logprobs and teacher_topk_indices go together")
-        shifted = labels[:, 1:]  # (B, T-1)
-        mask = shifted != self.ignore_index  # (B, T-1)
-        student = student_logits[:, :-1][mask].float()  # (N, V)
-        num_tokens = mask.sum()
+        if not cached and teacher_logits.shape != student_logits.shape:
+            shapes = f"{tuple(teacher_logits.shape)} vs {tuple(student_logits.shape)}"
+            raise ValueError(f"teacher and student logits differ in shape: {shapes}")
+        mask = target_mask(labels, self.ignore_index)  # (B, T)
+        targets = labels[:, 1:][mask[:, :-1]]  # (N,)
+        teacher = {"teacher_logits": teacher_logits[mask]} if not cached else {  # (N, V) or (N, K)
+            "teacher_topk_logprobs": teacher_topk_logprobs[mask], "teacher_topk_indices": teacher_topk_indices[mask]}
+        return self.token_loss(student_logits[mask], targets, num_items_in_batch=num_items_in_batch, **teacher)
 
-        ce_sum = F.cross_entropy(student, shifted[mask], reduction="sum")
-        student_lp = F.log_softmax(student / self.temperature, dim=-1)  # (N, V)
+    def token_loss(
+        self,
+        student_logits: Tensor,
+        targets: Tensor,
+        teacher_logits: Tensor | None = None,
+        *,
+        teacher_topk_logprobs: Tensor | None = None,
+        teacher_topk_indices: Tensor | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+    ) -> SelfDistillationOutput:
+        """The loss over target tokens already picked out: ``student_logits`` (N, V) at the
+        positions of :func:`target_mask`, ``targets`` (N,) the labels they predict, the teacher
+        as (N, V) logits or (N, K) cached top-k. Same value as :meth:`forward` on the whole
+        batch; lets a caller compute logits at the N target positions only (the output layer
+        over B * T positions is the largest matrix product of a small model)."""
+        cached = teacher_topk_logprobs is not None
+        if cached == (teacher_logits is not None) or cached != (teacher_topk_indices is not None):
+            raise ValueError("pass either teacher_logits or teacher_topk_logprobs + teacher_topk_indices")
+        student = student_logits.float()  # (N, V)
+        num_tokens = torch.tensor(targets.numel(), device=student.device)
+        log_probs = F.log_softmax(student, dim=-1)  # (N, V)
+        ce_sum = -log_probs.gather(-1, targets[:, None].long()).sum()
+        student_lp = log_probs if self.temperature == 1 else F.log_softmax(student / self.temperature, dim=-1)  # (N, V)
         if cached:
-            teacher_lp, student_lp = self._cached_buckets(
-                teacher_topk_logprobs[:, :-1][mask].float(),  # (N, K)
-                teacher_topk_indices[:, :-1][mask].long(),  # (N, K)
-                student_lp,
-            )
+            teacher_lp, student_lp = self._cached_buckets(teacher_topk_logprobs.float(), teacher_topk_indices.long(), student_lp)
         else:
-            if teacher_logits.shape != student_logits.shape:
-                shapes = f"{tuple(teacher_logits.shape)} vs {tuple(student_logits.shape)}"
-                raise ValueError(f"teacher and student logits differ in shape: {shapes}")
-            teacher = teacher_logits[:, :-1][mask].float()  # (N, V)
-            teacher_lp = F.log_softmax(teacher / self.temperature, dim=-1)  # (N, V)
+            teacher_lp = F.log_softmax(teacher_logits.float() / self.temperature, dim=-1)  # (N, V)
             if self.top_k is not None and self.top_k < teacher_lp.shape[-1]:
                 top = teacher_lp.topk(self.top_k, dim=-1).indices  # (N, k)
                 teacher_lp, student_lp = _with_tail(teacher_lp, top), _with_tail(student_lp, top)  # (N, k+1)
@@ -166,6 +183,14 @@ class SelfDistillationLoss(nn.Module):
             f"lambda_kl={self.lambda_kl}, temperature={self.temperature}, direction={self.direction!r}, "
             f"scale_by_t2={self.scale_by_t2}, top_k={self.top_k}, ignore_index={self.ignore_index}"
         )
+
+
+def target_mask(labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """(B, T) labels -> (B, T) bool, True where the logits predict a target: ``labels[t + 1]``
+    is not ``ignore_index`` (the shift before masking; the last position predicts nothing)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)  # (B, T)
+    mask[:, :-1] = labels[:, 1:] != ignore_index
+    return mask
 
 
 def _with_tail(log_probs: Tensor, indices: Tensor) -> Tensor:

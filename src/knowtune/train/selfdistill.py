@@ -18,9 +18,10 @@ The teacher is one of:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from transformers import Trainer, TrainerCallback
 from knowtune.config import StageConfig
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.io import atomic_write_bytes
-from knowtune.train.losses import SelfDistillationLoss, SelfDistillationOutput
+from knowtune.train.losses import SelfDistillationLoss, SelfDistillationOutput, target_mask
 
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_TOPK_INDICES = "teacher_topk_indices"
@@ -90,22 +91,28 @@ class SelfDistillationTrainer(Trainer):
         self.callback_handler.callbacks.insert(0, self.distill_metrics)  # first, so reporters see ce/kl
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of one micro-batch. Student and teacher logits are computed at the target
+        positions only (see :func:`logits_at`), except when ``return_outputs`` asks for the
+        student's full logits (evaluation with predictions)."""
         inputs = dict(inputs)
         if "labels" not in inputs:
             raise KnowtuneError("SelfDistillationTrainer needs 'labels' in every batch (-100 outside the answer)")
         labels = inputs.pop("labels")
         topk_logprobs = inputs.pop(TEACHER_TOPK_LOGPROBS, None)
         topk_indices = inputs.pop(TEACHER_TOPK_INDICES, None)
-        outputs = model(**inputs)
-        teacher = {} if topk_logprobs is not None else {"teacher_logits": self._teacher_logits(model, inputs)}
-        out = self.distill_loss(
-            outputs.logits,  # (B, T, V)
-            labels,
-            teacher_topk_logprobs=topk_logprobs,
-            teacher_topk_indices=topk_indices,
-            num_items_in_batch=num_items_in_batch,
-            **teacher,
-        )
+        mask = target_mask(labels, self.distill_loss.ignore_index)  # (B, T)
+        targets = labels[:, 1:][mask[:, :-1]]  # (N,)
+        if return_outputs:
+            outputs = model(**inputs)
+            student = outputs.logits[mask]  # (N, V)
+        else:
+            with logits_at(self.accelerator.unwrap_model(model), mask) as select:
+                student = select(model(**inputs).logits)  # (N, V)
+        if topk_logprobs is not None:
+            teacher = {"teacher_topk_logprobs": topk_logprobs[mask], "teacher_topk_indices": topk_indices[mask]}  # (N, K)
+        else:
+            teacher = {"teacher_logits": self._teacher_logits(model, inputs, mask)}  # (N, V)
+        out = self.distill_loss.token_loss(student, targets, num_items_in_batch=num_items_in_batch, **teacher)
         self.distill_metrics.record(out, num_items_in_batch, "train" if model.training else "eval")
         loss = out.total
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -113,9 +120,12 @@ class SelfDistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _teacher_logits(self, model: nn.Module, inputs: dict[str, Any]) -> Tensor:
+    def _teacher_logits(self, model: nn.Module, inputs: dict[str, Any], mask: Tensor) -> Tensor:
+        """The teacher's logits (N, V) at the ``mask`` positions."""
+        inputs = {**inputs, "use_cache": False}
         if self.teacher is not None:
-            return self.teacher(**inputs).logits  # (B, T, V)
+            with logits_at(self.teacher, mask) as select:
+                return select(self.teacher(**inputs).logits)
         student = self.accelerator.unwrap_model(model)
         if not hasattr(student, "disable_adapter"):
             raise ConfigError(
@@ -127,10 +137,38 @@ class SelfDistillationTrainer(Trainer):
         was_training = student.training
         student.eval()
         try:
-            with student.disable_adapter():
-                return student(**inputs).logits  # (B, T, V)
+            with student.disable_adapter(), logits_at(student, mask) as select:
+                return select(student(**inputs).logits)
         finally:
             student.train(was_training)
+
+
+@contextmanager
+def logits_at(model: nn.Module, mask: Tensor) -> Iterator[Callable[[Tensor], Tensor]]:
+    """Have ``model``'s output layer compute logits at the ``mask`` (B, T) positions only.
+
+    Within the block a forward pre-hook on ``model.get_output_embeddings()`` hands it the
+    hidden states at those positions, (N, H) instead of (B, T, H): the logits come out as
+    (N, V), and what the model does after the output layer (a scale, a soft cap) still
+    applies. For self-distillation the N answer tokens are a fraction of the B * T
+    positions, and the output layer is the largest matrix product of a small model. The
+    yielded function returns the (N, V) logits from the model's output, and picks them out
+    of (B, T, V) logits when the model did not go through its output layer that way.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def select_hidden(module, args):
+        hidden = args[0]
+        if hidden.dim() == 3 and hidden.shape[:2] == mask.shape:
+            return (hidden[mask], *args[1:])  # (N, H)
+        return None
+
+    handle = head.register_forward_pre_hook(select_hidden) if head is not None else None
+    try:
+        yield lambda logits: logits[mask] if logits.dim() == 3 else logits  # (N, V)
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 class _DistillationMetrics(TrainerCallback):
