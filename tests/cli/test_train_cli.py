@@ -7,7 +7,7 @@ import json
 import pytest
 
 from knowtune.testing import run_cli, table_row
-from knowtune.cli.train import _with_lora, load_training_data
+from knowtune.cli.train import _with_drift, _with_lora, load_training_data
 from knowtune.data import save_examples
 from knowtune.errors import ConfigError
 from knowtune.train.config import TrainConfig
@@ -41,15 +41,19 @@ def test_train_then_evaluate_end_to_end(capsys, tiny_pretrained, dataset, tmp_pa
     root, ood_relation = dataset
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "train", "--model", tiny_pretrained, "--data", root / "data.jsonl", "--annotations", root / "annotate",
-                            "--out", out, "--epochs", 2, "--lr", "5e-3", "--batch-size", 4, "--seed", 1, "--max-eval-examples", 8)
+                            "--out", out, "--epochs", 2, "--lr", "5e-3", "--batch-size", 4, "--seed", 1, "--max-eval-examples", 8,
+                            "--drift-layer", 1)
     assert code == 0, err
     assert stdout.strip().splitlines()[-1] == str(out / "model")
     assert row(stdout, "2 (last)") and "OOD EM" in stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert records[-1]["ood/n"] == 6 and records[-1]["test/n"] == 8 and records[-1]["train/n"] == 8
+    assert records[0]["drift/cosine"] == 0.0 and records[-1]["drift/cosine"] > 0 and "drift/cosine/Known" in records[-1]
+    assert f"drift {records[-1]['drift/cosine']:.3f}" in err  # the progress line of the last epoch
     saved = (out / "config.yaml").read_text()
     assert "epochs: 2" in saved and "seed: 1" in saved and "learning_rate: 0.005" in saved
+    assert TrainConfig.model_validate(__import__("yaml").safe_load(saved)).drift.layer == 1
     assert (out / "model" / "config.json").is_file() and (out / "provenance.json").is_file()
 
     evaluation = tmp_path / "eval"
@@ -104,6 +108,24 @@ def test_lora_flags_merge_with_the_config_block():
         _with_lora(base, False, 4)
     with pytest.raises(ConfigError, match="--lora-r"):
         _with_lora(base, None, 0)
+
+
+def test_drift_flags_merge_with_the_config_block(capsys, tiny_pretrained, dataset, tmp_path):
+    base = TrainConfig(drift={"layer": 2, "split": "dev", "max_examples": 5})
+    assert _with_drift(base, None, -1).drift.model_dump() == {**base.drift.model_dump(), "layer": -1}
+    assert _with_drift(TrainConfig(), True, None).drift.layer == -1
+    assert _with_drift(base, False, None).drift is None
+    assert _with_drift(base, None, None) is base
+    with pytest.raises(ConfigError, match="contradict"):
+        _with_drift(base, False, 3)
+    root, _ = dataset
+    config = tmp_path / "train.yaml"
+    config.write_text("drift:\n  layer: 1\n  categories: [Famous]\n")
+    code, stdout, err = run(capsys, "train", "--model", tiny_pretrained, "--data", root / "data.jsonl", "--config", config, "--out", tmp_path / "out")
+    assert code == 2 and "drift.categories" in err and "unknown groups" in err and "Traceback" not in err
+    code, stdout, err = run(capsys, "train", "--model", tiny_pretrained, "--data", root / "data.jsonl", "--drift-layer", 40, "--out", tmp_path / "out")
+    assert code == 2 and "drift layer 40 is out of range" in err and "--drift-layer" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_separate_dev_test_and_ood_files(dataset, tmp_path):

@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
 from knowtune.models import load_model_and_tokenizer
-from knowtune.train.callbacks import EarlyStopping, EpochEvalCallback, eval_subset, read_metrics, save_model_dir
+from knowtune.errors import ConfigError
+from knowtune.train.callbacks import (DriftTracker, EarlyStopping, EpochEvalCallback, eval_subset, read_metrics, save_model_dir,
+                                      select_drift_examples)
 from knowtune.testing import tiny_world
 
 
@@ -110,3 +112,35 @@ def test_save_model_dir_replaces_the_directory_and_merges_lora(tiny_pretrained, 
     ids = torch.tensor([[3, 9, 27, 81]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, peft_model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_drift_examples_default_to_known_and_honour_groups_and_cap():
+    test = tiny_world().split("test")
+    categories = _categories(tiny_world())
+    known = [ex for ex in test if categories[ex.id] != "Unknown"]
+    assert select_drift_examples("test", test, categories, None, None, 0) == known  # Kaplan et al.: held-out Known facts
+    assert select_drift_examples("test", test, None, None, None, 0) == test  # no categories: every example
+    unknown = select_drift_examples("test", test, categories, ["Unknown"], None, 0)
+    assert unknown and all(categories[ex.id] == "Unknown" for ex in unknown)
+    assert select_drift_examples("test", test, categories, ["Known", "Unknown"], None, 0) == test
+    assert select_drift_examples("test", test, categories, None, 2, 5) == eval_subset(known, 2, 5)
+    with pytest.raises(ConfigError, match="no ood examples"):
+        select_drift_examples("ood", [], categories, None, None, 0)
+
+
+def test_callback_writes_drift_from_the_tracker_reference(tiny_pretrained, tmp_path):
+    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    world = tiny_world()
+    test, categories = world.split("test"), _categories(world)
+    tracker = DriftTracker.from_base(model, tokenizer, test, categories=categories, layer=1)
+    assert set(tracker.groups) == {"HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown", "Known"}
+    callback = EpochEvalCallback(tokenizer, metrics_path=tmp_path / "metrics.jsonl", drift=tracker, log=lambda _: None)
+    args, control = TrainingArguments(str(tmp_path), num_train_epochs=2), TrainerControl()
+    callback.on_train_begin(args, TrainerState(), control, model=model)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    callback.on_epoch_end(args, TrainerState(epoch=1.0, global_step=2), control, model=model)
+    callback.on_train_end(args, TrainerState(), control)
+    before, after = read_metrics(tmp_path / "metrics.jsonl")
+    assert before["drift/cosine"] == 0.0 and before["drift/n"] == len(test)
+    assert after["drift/cosine"] > 0 and all(after[f"drift/cosine/{g}"] > 0 for g in tracker.groups)

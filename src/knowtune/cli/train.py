@@ -138,7 +138,7 @@ def _summary_table(result) -> Table:
     table = Table(title=f"fine-tuning metrics ({result.out_dir / 'metrics.jsonl'})")
     columns = [("train/exact_match", "train fit"), ("dev/exact_match", "dev EM"), ("test/exact_match", "test EM"),
                ("test/exact_match/Known", "test Known EM"), ("test/exact_match/Unknown", "test Unknown EM"),
-               ("ood/exact_match", "OOD EM"), ("test/answer_rate", "test answered"), ("drift/cosine", "drift")]
+               ("ood/exact_match", "OOD EM"), ("test/answer_rate", "test answered")]
     present = [(key, label) for key, label in columns if any(record.get(key) is not None for record in result.metrics)]
     table.add_column("epoch", no_wrap=True)
     for _, label in present:
