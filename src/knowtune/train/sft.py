@@ -324,8 +324,9 @@ def train_model(
     _use_cpu(config)
     check_reporters(config.report_to)
     splits = {"train": train_examples, "dev": dev_examples, "test": test_examples, "ood": ood_examples}
-    drift = config.drift
-    drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed) if drift else None
+    drift, drift_examples = config.drift, None
+    if drift is not None:
+        drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed)
     run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
            "data_hash": _data_hash(*splits.values()), "categories_hash": config_hash(sorted((categories or {}).items()))}
     if resume and _check_resumable(out_dir, run):
