@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from knowtune.config import StageConfig
 from knowtune.curate import CurateConfig
 from knowtune.slick.protocol import AnnotateConfig
+from knowtune.study.methods import CompareMethodsConfig
 from knowtune.train.config import TrainConfig
 
 #: Keys that the study sets in each section itself.
@@ -54,6 +55,7 @@ class StudyConfig(StageConfig):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    compare_methods: CompareMethodsConfig | None = None
 
     @field_validator("train_variants")
     @classmethod
@@ -73,6 +75,23 @@ class StudyConfig(StageConfig):
             if given:
                 raise ValueError(f"{section}.{given[0]} is set by the study itself (from the top-level model/data/out); "
                                  f"remove it from the {section}: section")
+        return self
+
+    @model_validator(mode="after")
+    def _curation_builds_the_compared_variants(self) -> "StudyConfig":
+        compare = self.compare_methods
+        if compare is None:
+            return self
+        needs = {"ratio"} | ({"known"} if "filtered" in compare.methods else set()) | ({"idk"} if "idk" in compare.methods else set())
+        missing = sorted(needs - set(self.curate.variants))
+        if missing:
+            raise ValueError(f"compare_methods needs the curated variant kinds {', '.join(missing)}: add them to curate.variants")
+        if compare.mixture not in self.curate.unknown_ratios:
+            raise ValueError(f"compare_methods.mixture {compare.mixture} is not in curate.unknown_ratios {self.curate.unknown_ratios}: add it")
+        if "idk" in compare.methods and self.curate.idk_base_ratio != compare.mixture:
+            raise ValueError(f"compare_methods.mixture is {compare.mixture} but curate.idk_base_ratio is {self.curate.idk_base_ratio}: make them equal")
+        for method in compare.trained_methods():
+            compare.train_config(method, self.train)
         return self
 
     def resolved(self) -> "StudyConfig":

@@ -7,6 +7,7 @@ Output layout (``out``)::
     audit/                 ``knowtune annotate`` output (SliCK categories of every audited example)
     variants/              ``knowtune curate`` output (variants.json and one folder per variant)
     runs/<variant>/        ``knowtune train`` output (metrics.jsonl: train fit, dev, test, OOD per epoch)
+    runs/methods/<method>/ the ``compare_methods:`` runs (a method that equals a trained variant reuses its run)
     analysis.json          ES/CONV, linear model, Table 2, IDK table, findings (+ provenance)
 
 Each stage stores a key (a hash of its settings and inputs) in ``study.json`` and is skipped
@@ -215,13 +216,79 @@ class Study:
         self.state["trained"] = names
         return self._stage("train", key, done, work)
 
+    def compare(self) -> str:
+        """Train every method of ``compare_methods:`` (Kaplan, Gekhman et al. 2026) on its variant."""
+        compare = self.config.compare_methods
+        if compare is None:
+            return "skipped"
+        index = self.variant_index()
+        variants = compare.variants()
+        missing = sorted({v for v in variants.values() if v not in index})
+        if missing:
+            raise KnowtuneError(f"compare_methods needs the variants {', '.join(missing)}, which curation did not build",
+                                fix="check curate.unknown_ratios, curate.variants and curate.idk_base_ratio")
+        plans = {m: (variants[m], compare.train_config(m, self.config.train)) for m in compare.trained_methods()}
+        splits, categories = self.eval_splits(), self.categories()
+        key = config_hash({"compare": {m: [v, c.model_dump(mode="json", exclude={"device", "eval_batch_size", "report_to"})] for m, (v, c) in plans.items()},
+                           "curate": self.state["stages"]["curate"]["key"], "eval": {k: [e.id for e in v] for k, v in splits.items()}})
+        methods = self.state.setdefault("methods", {})
+        done = all(methods.get(m, {}).get("done") and (self.out / methods[m]["dir"] / "provenance.json").is_file() for m in plans)
+
+        def work() -> dict[str, Any]:
+            from knowtune.data import load_examples
+            from knowtune.study import workers
+
+            jobs = []
+            for method, (variant, config) in plans.items():
+                reused = self.state["runs"].get(variant)
+                if reused and reused.get("done") and config == self.config.train:
+                    self.log(f"[compare] {method}: the same settings and data as the trained variant {variant}, reusing its run")
+                    methods[method] = {"dir": reused["dir"], "variant": variant, "done": True}
+                    continue
+                examples = load_examples(self.out / "variants" / index[variant]["train"])
+                jobs.append((config.model_dump(mode="json"), self.config.model, examples, splits, categories,
+                             self.out / "runs" / "methods" / method, method))
+                methods[method] = {"dir": f"runs/methods/{method}", "variant": variant, "done": False}
+            self._save_state()
+
+            def finished(method: str) -> None:
+                methods[method]["done"] = True
+                self._save_state()
+                self.log(f"[compare] {method} finished")
+
+            workers.train(jobs, self.config.workers, self.log, finished)
+            return {"methods": list(plans)}
+
+        return self._stage("compare", key, done, work)
+
+    def method_runs(self) -> list[Any]:
+        """The compared methods' runs, as :func:`knowtune.study.methods.compare` takes them."""
+        from knowtune.study.methods import MethodRun
+        from knowtune.train.callbacks import read_metrics
+
+        compare = self.config.compare_methods
+        if compare is None:
+            return []
+        runs = []
+        for method in compare.methods:
+            info = self.state["methods"]["sft" if method == "sft_es" else method]
+            runs.append(MethodRun(method, info["variant"], read_metrics(self.out / info["dir"] / "metrics.jsonl"),
+                                  read="es" if method == "sft_es" else "conv"))
+        return runs
+
     def analyse(self) -> str:
+        from knowtune.study.methods import compare, method_findings
+
         runs = self.runs()
-        key = config_hash({run.name: run.metrics for run in runs})
+        method_runs = self.method_runs()
+        key = config_hash({"variants": {run.name: run.metrics for run in runs}, "methods": {r.method: r.metrics for r in method_runs}})
         done = (self.out / ANALYSIS_FILE).is_file()
 
         def work() -> dict[str, Any]:
             analysis = analyse(runs)
+            if method_runs:
+                analysis["methods"] = compare(method_runs, self.config.compare_methods.held_out)
+                analysis["findings"] += method_findings(analysis["methods"])
             analysis["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
                                                 model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
             atomic_write_json(self.out / ANALYSIS_FILE, analysis)
@@ -293,6 +360,9 @@ def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
     """Run (or resume) every stage; returns ``{"stages": {name: "ran" | "skipped"}, "analysis": ...}``."""
     study = Study(config, log)
     study.open()
-    stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train(), "analyse": study.analyse()}
+    stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train()}
+    if config.compare_methods is not None:
+        stages["compare"] = study.compare()
+    stages["analyse"] = study.analyse()
     analysis = json.loads((study.out / ANALYSIS_FILE).read_text(encoding="utf-8"))
     return {"out": str(study.out), "stages": stages, "analysis": analysis}

@@ -1,0 +1,223 @@
+"""Method comparison: learning new facts without forgetting known ones (Kaplan, Gekhman et al. 2026).
+
+Kaplan, Gekhman et al., "Why Fine-Tuning Encourages Hallucinations and How to Fix It"
+(arXiv 2604.15574, 2026) compare, on one mixture of Known and Unknown facts, plain SFT with
+remedies that keep what the model knew. ``knowtune study`` runs the comparison when its
+config has a ``compare_methods:`` section, on the curated variant D_X (X = ``mixture``,
+50% Unknown by default). Each method is a variant plus changes to the study's ``train:``
+settings:
+
+============== ======================= ===================================================
+method         trained on              train settings
+============== ======================= ===================================================
+sft            D_X                     as ``train:``
+sft_es         (the sft run)           read at EARLY_STOP (best dev epoch), not CONVERGENCE
+filtered       D_Known_X               as ``train:`` (Unknown examples dropped)
+idk            D_IDK_X                 as ``train:`` (Unknown answers = "I don't know")
+selfdistill    D_X                     ``method: selfdistill`` (CE + lambda KL to a teacher)
+attention_only D_X                     ``train_only: [attention]`` (MLP/FFN, embeddings frozen)
+lora           D_X                     ``lora:`` adapters, ``lora_learning_rate``
+============== ======================= ===================================================
+
+Measures, per method and epoch (all from ``metrics.jsonl``, in percent):
+
+* new-fact learning: the fitted share of D_X's Unknown training facts (their greedy answer is
+  the gold answer); none for ``filtered`` (no Unknown example) and ``idk`` (relabelled);
+* held-out Known accuracy: exact match on the test facts of category ``held_out``
+  (HighlyKnown by default, as in the paper's set-up): test facts are never trained on;
+* forgetting: the drop of held-out Known accuracy from the base model. For HighlyKnown facts the
+  base model's greedy few-shot answer is correct under every exemplar set (that is the
+  category's definition), so the base accuracy is 100% and forgetting = 100 - accuracy;
+* test exact match, answer rate, and representation drift when ``train.drift`` is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from knowtune.config import StageConfig
+from knowtune.train.config import LoraSettings, TrainConfig
+
+Method = Literal["sft", "sft_es", "filtered", "idk", "selfdistill", "attention_only", "lora"]
+METHODS: tuple[str, ...] = ("sft", "sft_es", "filtered", "idk", "selfdistill", "attention_only", "lora")
+LABELS = {"sft": "SFT", "sft_es": "SFT + early stop", "filtered": "Unknown filtered", "idk": "\"I don't know\"",
+          "selfdistill": "self-distillation", "attention_only": "attention only", "lora": "LoRA"}
+
+
+class CompareMethodsConfig(StageConfig):
+    """The ``compare_methods:`` section of a study config (docs/study.md, "Method comparison")."""
+
+    mixture: int = Field(50, gt=0, lt=100)
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    held_out: Literal["HighlyKnown"] = "HighlyKnown"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lora_learning_rate: float | None = Field(3e-3, gt=0)
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("an empty list compares nothing; leave methods unset to compare all of " + ", ".join(METHODS))
+        if len(set(value)) != len(value):
+            raise ValueError("a method is listed twice")
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(value) - set(METHODS) - {"sft_es"})
+        if unknown:
+            raise ValueError(f"overrides names {', '.join(unknown)}, not a method (methods: {', '.join(METHODS)})")
+        if "sft_es" in value:
+            raise ValueError("sft_es reads the sft run at its best dev epoch; put its settings under overrides.sft")
+        return value
+
+    def variants(self) -> dict[str, str]:
+        """Method -> the curated variant it trains on (``sft_es`` reads the ``sft`` run)."""
+        x = self.mixture
+        names = {"sft": f"D_{x}", "sft_es": f"D_{x}", "filtered": f"D_Known_{x}", "idk": f"D_IDK_{x}",
+                 "selfdistill": f"D_{x}", "attention_only": f"D_{x}", "lora": f"D_{x}"}
+        return {m: names[m] for m in self.methods}
+
+    def train_config(self, method: str, base: TrainConfig) -> TrainConfig:
+        """The study's ``train:`` settings changed as ``method`` needs, then ``overrides[method]``; validated."""
+        method = "sft" if method == "sft_es" else method
+        settings = base.model_dump(mode="json")
+        if method == "selfdistill":
+            settings["method"] = "selfdistill"
+        elif method == "attention_only":
+            settings["train_only"] = ["attention"]
+        elif method == "lora":
+            settings["lora"] = self.lora.model_dump(mode="json")
+            if self.lora_learning_rate is not None:
+                settings["learning_rate"] = self.lora_learning_rate
+        _merge(settings, self.overrides.get(method, {}))
+        return TrainConfig.model_validate(settings)
+
+    def trained_methods(self) -> list[str]:
+        """The methods that need a training run (``sft_es`` needs the ``sft`` one)."""
+        wanted = [("sft" if m == "sft_es" else m) for m in self.methods]
+        return list(dict.fromkeys(wanted))
+
+
+def _merge(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """Update ``target`` with ``changes``, nested mappings key by key (``selfdistill: {lambda_kl: 2}`` keeps the other keys)."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+@dataclass
+class MethodRun:
+    """One method's per-epoch records and which epoch it is judged at."""
+
+    method: str
+    variant: str
+    metrics: list[dict[str, Any]]
+    read: Literal["es", "conv"] = "conv"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def measures(record: Mapping[str, Any], method: str, held_out: str = "HighlyKnown") -> dict[str, Any]:
+    """The comparison's measures at one evaluation record (percent; None where they do not apply)."""
+    held = record.get(f"test/exact_match/{held_out}")
+    learns_facts = method not in ("filtered", "idk") and record.get("train/n/Unknown")
+    return {
+        "epoch": record["epoch"],
+        "new_facts": _pct(record.get("train/exact_match/Unknown")) if learns_facts else None,
+        "held_out": _pct(held),
+        "forgetting": None if held is None else 100.0 - 100.0 * held,
+        "test": _pct(record.get("test/exact_match")),
+        "answer_rate": _pct(record.get("test/answer_rate")),
+        "accuracy_answered": _pct(record.get("test/accuracy_answered")),
+        "drift": record.get("drift/cosine"),
+    }
+
+
+def judged_epoch(run: MethodRun) -> int:
+    """CONVERGENCE (the last epoch), or EARLY_STOP (best dev exact match, epoch >= 1) for ``sft_es``."""
+    from knowtune.study.analysis import select_epochs
+
+    es, conv = select_epochs(run.metrics)
+    return es if run.read == "es" and es is not None else conv
+
+
+def compare(runs: Sequence[MethodRun], held_out: str = "HighlyKnown") -> dict[str, Any]:
+    """``{"table": [one row per method at its judged epoch], "curves": {method: [per-epoch measures]}}``."""
+    table, curves = [], {}
+    for run in runs:
+        by_epoch = {r["epoch"]: r for r in run.metrics}
+        epoch = judged_epoch(run)
+        row = measures(by_epoch[epoch], run.method, held_out)
+        row.update(method=run.method, label=LABELS[run.method], variant=run.variant, read="EARLY_STOP" if run.read == "es" else "CONVERGENCE")
+        table.append(row)
+        curves[run.method] = [measures(r, run.method, held_out) for r in sorted(run.metrics, key=lambda r: r["epoch"])]
+    return {"held_out": held_out, "table": table, "curves": curves}
+
+
+def _first_epoch_at(curve: Sequence[Mapping[str, Any]], level: float) -> Mapping[str, Any]:
+    """The first evaluation after training (epoch >= 1) with new-fact learning >= ``level``, else the last."""
+    trained = [p for p in curve if p["epoch"] >= 1]
+    return next((p for p in trained if (p["new_facts"] or 0.0) >= level), trained[-1])
+
+
+def selfdistill_reduces_forgetting(comparison: Mapping[str, Any], factor: float = 3.0) -> dict[str, Any]:
+    """Self-distillation forgets at least ``factor`` times less held-out Known than SFT at comparable new-fact learning.
+
+    Comparable: both are read at the first epoch where they have fitted ``level`` % of the
+    Unknown training facts, ``level`` = the lower of the two runs' best new-fact learning
+    (so the run that learns less is read at its best, the other as soon as it gets there).
+    value = forgetting(SFT) / forgetting(self-distillation).
+    """
+    from knowtune.study.findings import finding
+
+    name = "selfdistill_reduces_forgetting"
+    curves = comparison.get("curves", {})
+    if "sft" not in curves or "selfdistill" not in curves:
+        return finding(name, None, None, "not tested: compare_methods needs both sft and selfdistill")
+    best = {m: max((p["new_facts"] or 0.0) for p in curves[m] if p["epoch"] >= 1) for m in ("sft", "selfdistill")}
+    level = min(best.values())
+    sft, sd = _first_epoch_at(curves["sft"], level), _first_epoch_at(curves["selfdistill"], level)
+    ratio = sft["forgetting"] / sd["forgetting"] if sd["forgetting"] > 0 else (float("inf") if sft["forgetting"] > 0 else 1.0)
+    holds = sft["forgetting"] >= factor * sd["forgetting"] and sft["forgetting"] > 0
+    detail = (f"at {level:.0f}% of Unknown training facts fitted: SFT (epoch {sft['epoch']}) forgets {sft['forgetting']:.1f} points "
+              f"of held-out {comparison.get('held_out', 'Known')} accuracy, self-distillation (epoch {sd['epoch']}) "
+              f"{sd['forgetting']:.1f} ({ratio:.1f}x less; {factor:g}x needed); best new-fact learning SFT {best['sft']:.0f}%, "
+              f"self-distillation {best['selfdistill']:.0f}%")
+    return finding(name, bool(holds), None if ratio == float("inf") else ratio, detail)
+
+
+def attention_only_preserves(comparison: Mapping[str, Any], share: float = 0.5) -> dict[str, Any]:
+    """Training attention only keeps held-out Known facts and learns few new ones (at CONVERGENCE).
+
+    Holds when attention-only forgetting is at most ``share`` of SFT's and its new-fact
+    learning is at most ``share`` of SFT's. value = attention-only new-fact learning (%).
+    """
+    from knowtune.study.findings import finding
+
+    name = "attention_only_preserves"
+    rows = {row["method"]: row for row in comparison.get("table", [])}
+    if "sft" not in rows or "attention_only" not in rows:
+        return finding(name, None, None, "not tested: compare_methods needs both sft and attention_only")
+    sft, att = rows["sft"], rows["attention_only"]
+    keeps = att["forgetting"] <= share * sft["forgetting"]
+    learns_few = (att["new_facts"] or 0.0) <= share * (sft["new_facts"] or 0.0)
+    detail = (f"at CONVERGENCE: attention only forgets {att['forgetting']:.1f} points of held-out {comparison.get('held_out', 'Known')} "
+              f"accuracy (SFT {sft['forgetting']:.1f}) and fits {att['new_facts'] or 0.0:.0f}% of Unknown training facts "
+              f"(SFT {sft['new_facts'] or 0.0:.0f}%); holds when both are at most {share:.0%} of SFT's")
+    return finding(name, bool(keeps and learns_few), att["new_facts"], detail)
+
+
+def method_findings(comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [selfdistill_reduces_forgetting(comparison), attention_only_preserves(comparison)]
