@@ -21,6 +21,12 @@ the batch's collation comes before ``on_step_begin`` and is not counted. The fir
 fresh copy of the model with each trainer, the order rotating between rounds, so a busy
 spell of the machine falls on all three; the step times of all rounds are pooled.
 
+Why self-distillation can cost less than SFT here: ``SelfDistillationTrainer`` computes the
+output layer (hidden 128 x vocab 4096, the largest matrix product of the default model)
+for student and teacher only at the answer positions (about 5 of 21 tokens a row,
+:func:`knowtune.train.selfdistill.logits_at`), with the same loss and gradients; the plain
+``Trainer`` computes logits and cross-entropy at every position.
+
 Each step is timed in CPU seconds of this process (``time.process_time``) and in wall
 seconds. On CPU the ratios of the last line are ratios of median CPU step times: the
 machine is shared with other jobs, and CPU time counts only this process's work (with one
