@@ -24,7 +24,8 @@ from knowtune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from knowtune.slick.categories import CATEGORIES
 from knowtune.study import paper
 
-FIGURES = ("accuracy_by_epoch", "fitted_by_category", "es_vs_conv", "linear_model", "category_distribution", "categories_by_exposure")
+FIGURES = ("accuracy_by_epoch", "fitted_by_category", "es_vs_conv", "linear_model", "category_distribution", "categories_by_exposure",
+           "method_dynamics", "forgetting_against_learning")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -123,12 +124,19 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     }
     if exposure["rows"]:
         figures["categories_by_exposure"] = plots.categories_by_exposure(exposure["rows"])
+    methods = analysis.get("methods")
+    if methods:
+        from knowtune.study.methods import LABELS
+
+        figures["method_dynamics"] = plots.method_dynamics(methods["curves"], LABELS)
+        figures["forgetting_against_learning"] = plots.forgetting_against_learning(methods["table"])
     results = {
         "findings": analysis["findings"],
         "variants": analysis["variants"],
         **tables,
         "category_distribution": {"ours": distribution, "paper": paper.CATEGORY_DISTRIBUTION},
         "categories_by_exposure": exposure,
+        "methods": methods,
         "stages": state.get("stages", {}),
         "figures": [f"{name}.png" for name in figures],
         "study": str(study_dir),

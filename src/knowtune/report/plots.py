@@ -135,3 +135,36 @@ def categories_by_exposure(rows: Sequence[Mapping[str, Any]]) -> bytes:
              title="SliCK categories against pretraining exposure")
     axis.legend(fontsize=8, loc="upper left")
     return _png(figure)
+
+
+def method_dynamics(curves: Mapping[str, Sequence[Mapping[str, Any]]], labels: Mapping[str, str]) -> bytes:
+    """Per method and epoch (Kaplan, Gekhman et al. 2026): new-fact learning, held-out Known accuracy,
+    test accuracy and, when measured, representation drift; one line per trained method."""
+    panels = [("new_facts", "Unknown training facts fitted (%)"), ("held_out", "held-out Known accuracy (%)"),
+              ("test", "test accuracy (EM %)"), ("drift", "representation drift (1 - cos)")]
+    if not any(p.get("drift") is not None for points in curves.values() for p in points):
+        panels = panels[:3]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.1 * len(panels), 3.8))
+    for axis, (key, label) in zip(axes, panels):
+        for method, points in curves.items():
+            values = [(p["epoch"], p[key]) for p in points if p.get(key) is not None]
+            if values:
+                axis.plot(*zip(*values), marker=".", label=labels.get(method, method))
+        axis.set(xlabel="epoch (0 = base model)", ylabel=label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle("Learning new facts against keeping known ones, per method")
+    return _png(figure)
+
+
+def forgetting_against_learning(table: Sequence[Mapping[str, Any]]) -> bytes:
+    """Each method at its judged epoch: held-out forgetting (y) against new-fact learning (x)."""
+    figure, axis = plt.subplots(figsize=(6.2, 4.4))
+    for row in table:
+        x = row["new_facts"] if row["new_facts"] is not None else 0.0
+        axis.scatter([x], [row["forgetting"]], s=40)
+        axis.annotate(row["label"], (x, row["forgetting"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    axis.set(xlabel="Unknown training facts fitted (%)", ylabel="held-out Known forgetting (points)",
+             title="Forgetting against new-fact learning (lower right is best)")
+    axis.grid(alpha=0.3)
+    return _png(figure)
