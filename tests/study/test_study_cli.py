@@ -17,6 +17,7 @@ from knowtune.cli import main
 from knowtune.config import load_config
 from knowtune.study.config import StudyConfig, demo_config_path
 from knowtune.study.findings import NAMES
+from knowtune.train.config import TrainConfig
 
 VARIANTS = ["D_0", "D_50", "D_100", "D_IDK_50"]
 
@@ -178,3 +179,60 @@ def test_the_demo_config_trains_what_every_finding_needs():
     idk = [n for n in trained if n.startswith("D_IDK_")]
     assert idk and f"D_{idk[0][6:]}" in trained and config.curate.idk_base_ratio == int(idk[0][6:])
     assert set(config.annotate.splits) >= {"train", "test"} and config.annotate.mode == "lazy"
+
+
+@pytest.fixture(scope="module")
+def methods_study(tmp_path_factory, knowing_model, study_world):
+    """The miniature study with a compare_methods section (every method) and drift, run once."""
+    root = tmp_path_factory.mktemp("methods")
+    config = study_yaml(root, knowing_model, study_world, train_variants=["D_50"], compare_methods={"mixture": 50},
+                        curate__variants=["ratio", "known", "idk"], train__drift={})
+    code, out, err = run("study", "--config", config, "--out", root / "study", "--report")
+    assert code == 0, err
+    return root / "study", config, out
+
+
+def test_compare_methods_trains_each_method_once_and_reports_them(methods_study):
+    out_dir, _, stdout = methods_study
+    assert "stages: annotate ran, curate ran, train ran, compare ran, analyse ran" in " ".join(stdout.split())
+    state = json.loads((out_dir / "study.json").read_text())
+    assert state["methods"]["sft"]["dir"] == state["runs"]["D_50"]["dir"]  # same data and settings: reused, not retrained
+    for method in ("filtered", "idk", "selfdistill", "attention_only", "lora"):
+        assert state["methods"][method]["dir"] == f"runs/methods/{method}"
+        assert (out_dir / "runs" / "methods" / method / "provenance.json").is_file()
+    analysis = json.loads((out_dir / "analysis.json").read_text())
+    table = {row["method"]: row for row in analysis["methods"]["table"]}
+    assert list(table) == ["sft", "sft_es", "filtered", "idk", "selfdistill", "attention_only", "lora"]
+    assert table["sft_es"]["read"] == "EARLY_STOP" and table["sft"]["read"] == "CONVERGENCE"
+    assert table["filtered"]["new_facts"] is None and table["sft"]["new_facts"] is not None
+    assert all(row["drift"] is not None and row["drift"] >= 0 for row in table.values())
+    names = [f["name"] for f in analysis["findings"]]
+    assert names[-2:] == ["selfdistill_reduces_forgetting", "attention_only_preserves"]
+    results = json.loads((out_dir / "report" / "results.json").read_text())
+    assert {"method_dynamics.png", "forgetting_against_learning.png"} <= set(results["figures"])
+    html = (out_dir / "report" / "index.html").read_text()
+    assert "Method comparison" in html and "self-distillation" in html
+
+
+def test_each_compared_method_trains_as_it_says(methods_study):
+    out_dir, _, _ = methods_study
+    configs = {m: load_config(TrainConfig, out_dir / "runs" / "methods" / m / "config.yaml") for m in ("selfdistill", "attention_only", "lora")}
+    assert configs["selfdistill"].method == "selfdistill"
+    assert configs["attention_only"].train_only == ["attention"]
+    assert configs["lora"].lora is not None
+    trainable = {m: json.loads((out_dir / "runs" / "methods" / m / "provenance.json").read_text())["result"]["trainable"] for m in configs}
+    assert trainable["attention_only"] != trainable["selfdistill"] and trainable["lora"] != trainable["selfdistill"]
+
+
+def test_compare_rerun_skips_and_a_lost_method_is_retrained_alone(methods_study):
+    out_dir, config, _ = methods_study
+    code, stdout, err = run("study", "--config", config, "--out", out_dir)
+    assert code == 0, err
+    assert "compare skipped" in stdout
+    before = mtimes(out_dir)
+    shutil.rmtree(out_dir / "runs" / "methods" / "lora")
+    code, stdout, err = run("study", "--config", config, "--out", out_dir)
+    assert code == 0, err
+    assert "train skipped, compare ran, analyse ran" in " ".join(stdout.split())
+    after = mtimes(out_dir)
+    assert {k: v for k, v in after.items() if "lora" not in k} == {k: v for k, v in before.items() if "lora" not in k}

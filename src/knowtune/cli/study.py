@@ -82,12 +82,18 @@ def report_command(
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("knowtune-demo"), "--out", help="Study directory; rerunning resumes."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Study directory (default knowtune-demo, or knowtune-methods with --methods); rerunning resumes."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
+    methods: bool = typer.Option(False, "--methods", help="Run the method comparison and mechanism study (Kaplan, Gekhman et al. 2026) instead."),
 ) -> None:
-    """The study on the embedded world and default model (minutes on 2 CPU cores); ends with the report's path."""
-    from knowtune.config import load_config
-    from knowtune.study.config import StudyConfig, demo_config_path
+    """The study on the embedded world and default model (minutes on 2 CPU cores); ends with the report's path.
 
-    settings = load_config(StudyConfig, demo_config_path(), {"out": str(out), "device": device})
+    Without options: Gekhman et al. 2024 (demo.yaml). With --methods: fine-tuning without forgetting (methods.yaml).
+    """
+    from knowtune.config import load_config
+    from knowtune.study.config import METHODS_CONFIG, StudyConfig, demo_config_path
+
+    path = demo_config_path(METHODS_CONFIG) if methods else demo_config_path()
+    out = out or Path("knowtune-methods" if methods else "knowtune-demo")
+    settings = load_config(StudyConfig, path, {"out": str(out), "device": device})
     typer.echo(str(_run(settings, report=True)))

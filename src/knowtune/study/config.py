@@ -28,6 +28,7 @@ _WIRED = {"annotate": ("model", "data", "out"), "curate": ("annotations", "data"
 RUN_KEYS = ("out", "device", "workers", "train_variants")
 _SECTION_RUN_KEYS = {"annotate": ("device", "batch_size", "chunk_size"), "train": ("device", "eval_batch_size", "report_to")}
 DEMO_CONFIG = "demo.yaml"
+METHODS_CONFIG = "methods.yaml"
 
 
 class SampleConfig(StageConfig):
@@ -134,6 +135,6 @@ class StudyConfig(StageConfig):
         return dump
 
 
-def demo_config_path() -> Path:
-    """The demo study's YAML, shipped inside the package (``knowtune/study/demo.yaml``)."""
-    return Path(str(resources.files("knowtune.study") / DEMO_CONFIG))
+def demo_config_path(name: str = DEMO_CONFIG) -> Path:
+    """A shipped study YAML (``knowtune/study/demo.yaml`` by default, or ``methods.yaml``)."""
+    return Path(str(resources.files("knowtune.study") / name))
