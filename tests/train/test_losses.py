@@ -197,3 +197,43 @@ def test_token_loss_on_picked_positions_equals_the_batch_loss(top_k, temperature
     picked.total.backward()
     torch.testing.assert_close(picked_logits.grad, whole_logits.grad[mask], rtol=0, atol=1e-7)
     assert float(whole_logits.grad[~mask].abs().max()) == 0.0  # nothing else gets a gradient
+
+
+def _sequence_reference(student, teacher, labels, attention, *, lambda_kl, tau):
+    """kl_tokens=sequence: CE on answer tokens, KL at every position t-1 whose t and t-1 are real tokens; both / N answers."""
+    ce_sum, kl_sum, count = 0.0, 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(1, labels.shape[1]):
+            s, te = student[b, t - 1].double(), teacher[b, t - 1].double()
+            if int(labels[b, t]) != IGNORE:
+                count += 1
+                ce_sum += -torch.log(torch.softmax(s, 0)[int(labels[b, t])])
+            if attention[b, t] and attention[b, t - 1]:
+                kl_sum += kl_divergence(Categorical(probs=torch.softmax(te / tau, 0)), Categorical(probs=torch.softmax(s / tau, 0)))
+    ce, kl = ce_sum / count, kl_sum / count
+    return ce + lambda_kl * tau**2 * kl, ce, kl
+
+
+def test_sequence_kl_covers_every_real_position():
+    student, teacher, labels = _batch(2)
+    attention = torch.ones(B, T, dtype=torch.long)
+    attention[1, 5] = 0  # the padded position of _batch
+    out = SelfDistillationLoss(lambda_kl=0.7, temperature=0.5, kl_tokens="sequence")(student, labels, teacher, attention_mask=attention)
+    total, ce, kl = _sequence_reference(student, teacher, labels, attention, lambda_kl=0.7, tau=0.5)
+    torch.testing.assert_close(out.ce.double(), ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.kl.double(), kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.total.double(), total, rtol=1e-5, atol=1e-6)
+    answer_only = SelfDistillationLoss(lambda_kl=0.7, temperature=0.5)(student, labels, teacher, attention_mask=attention)
+    torch.testing.assert_close(answer_only.ce, out.ce)  # the CE is the same; only the KL reaches further
+    assert float(out.kl) > float(answer_only.kl)
+
+
+def test_sequence_kl_is_exact_under_gradient_accumulation():
+    student, teacher, labels = _batch(3)
+    attention = torch.ones(B, T, dtype=torch.long)
+    loss = SelfDistillationLoss(kl_tokens="sequence")
+    n = int((labels[:, 1:] != IGNORE).sum())
+    whole = loss(student, labels, teacher, attention_mask=attention).total
+    parts = sum(loss(student[i : i + 1], labels[i : i + 1], teacher[i : i + 1], attention_mask=attention[i : i + 1], num_items_in_batch=n).total
+                for i in range(B))
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)

@@ -215,9 +215,10 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("kl_tokens", ["answer", "sequence"])
 @pytest.mark.parametrize("teacher_kind", ["live", "peft", "cached"])
-def test_logits_at_target_positions_give_the_full_logits_loss_and_gradients(tmp_path, teacher_kind):
-    config = SelfDistillationConfig(temperature=0.5, top_k=8 if teacher_kind == "cached" else None)
+def test_logits_at_target_positions_give_the_full_logits_loss_and_gradients(tmp_path, teacher_kind, kl_tokens):
+    config = SelfDistillationConfig(temperature=0.5, top_k=8 if teacher_kind == "cached" else None, kl_tokens=kl_tokens)
     rows, teacher = _rows(5), _other_teacher()
     student = _tiny_llama()
     if teacher_kind == "peft":
@@ -252,7 +253,8 @@ def test_logits_at_target_positions_give_the_full_logits_loss_and_gradients(tmp_
             student.train()
     else:
         teacher_side = {k: batch[k] for k in (TEACHER_TOPK_LOGPROBS, "teacher_topk_indices")}
-    direct = trainer.distill_loss(logits, batch["labels"], num_items_in_batch=torch.tensor(15), **teacher_side)
+    direct = trainer.distill_loss(logits, batch["labels"], num_items_in_batch=torch.tensor(15), attention_mask=batch["attention_mask"],
+                                  **teacher_side)
     direct.total.backward()
     torch.testing.assert_close(fast, direct.total, rtol=0, atol=1e-6)
     assert float(direct.kl.detach()) > 0.01  # the KL term is really there

@@ -145,14 +145,20 @@ def method_dynamics(curves: Mapping[str, Sequence[Mapping[str, Any]]], labels: M
     if not any(p.get("drift") is not None for points in curves.values() for p in points):
         panels = panels[:3]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.1 * len(panels), 3.8))
+    methods = [m for m in curves if m != "sft_es"]  # the sft run read at another epoch: the same curve
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     for axis, (key, label) in zip(axes, panels):
-        for method, points in curves.items():
-            values = [(p["epoch"], p[key]) for p in points if p.get(key) is not None]
+        for method in methods:
+            values = [(p["epoch"], p[key]) for p in curves[method] if p.get(key) is not None]
             if values:
-                axis.plot(*zip(*values), marker=".", label=labels.get(method, method))
+                axis.plot(*zip(*values), marker=".", color=colours[method], label=labels.get(method, method))
         axis.set(xlabel="epoch (0 = base model)", ylabel=label)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[1].legend(list(handles.values()), list(handles), fontsize=7)
     figure.suptitle("Learning new facts against keeping known ones, per method")
     return _png(figure)
 

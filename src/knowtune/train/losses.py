@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 Direction = Literal["forward", "reverse"]
 DIRECTIONS = ("forward", "reverse")
+KLTokens = Literal["answer", "sequence"]
+KL_TOKENS = ("answer", "sequence")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,11 @@ class SelfDistillationLoss(nn.Module):
     log-sum-exp over the excluded tokens (no ``1 - sum`` cancellation). Precomputed teacher
     top-k log-probs of ``softmax(z_T / tau)`` may replace the teacher logits; their tail is
     ``log(1 - sum exp)`` computed with ``expm1``/``log1p`` and floored at float epsilon.
-    Kaplan, Gekhman et al., arXiv 2604.15574 (2026).
+    ``kl_tokens``: ``answer`` (above) or ``sequence``: the KL also covers every prompt
+    position that predicts a real token (``attention_mask`` on both sides), so the student is
+    held to the teacher on how it reads the question, not only on the answer it gives; the
+    CE stays on answer tokens, and the KL sum is still divided by N (the target count), so
+    gradient accumulation stays exact. Kaplan, Gekhman et al., arXiv 2604.15574 (2026).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class SelfDistillationLoss(nn.Module):
         direction: Direction = "forward",
         scale_by_t2: bool = True,
         top_k: int | None = None,
+        kl_tokens: KLTokens = "answer",
         ignore_index: int = -100,
     ):
         super().__init__()
@@ -89,7 +96,10 @@ class SelfDistillationLoss(nn.Module):
         self.temperature = temperature
         self.direction = direction
         self.scale_by_t2 = scale_by_t2
+        if kl_tokens not in KL_TOKENS:
+            raise ValueError(f"kl_tokens must be one of {KL_TOKENS}, got {kl_tokens!r}")
         self.top_k = top_k
+        self.kl_tokens = kl_tokens
         self.ignore_index = ignore_index
 
     def forward(
@@ -101,6 +111,7 @@ class SelfDistillationLoss(nn.Module):
         teacher_topk_logprobs: Tensor | None = None,
         teacher_topk_indices: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> SelfDistillationOutput:
         """Loss of ``student_logits`` (B, T, V) against ``labels`` (B, T).
 
@@ -118,11 +129,28 @@ class SelfDistillationLoss(nn.Module):
         if not cached and teacher_logits.shape != student_logits.shape:
             shapes = f"{tuple(teacher_logits.shape)} vs {tuple(student_logits.shape)}"
             raise ValueError(f"teacher and student logits differ in shape: {shapes}")
-        mask = target_mask(labels, self.ignore_index)  # (B, T)
-        targets = labels[:, 1:][mask[:, :-1]]  # (N,)
-        teacher = {"teacher_logits": teacher_logits[mask]} if not cached else {  # (N, V) or (N, K)
+        mask, targets, kl_rows = self.positions(labels, attention_mask)  # (B, T), (M,), (M,) or None
+        teacher = {"teacher_logits": teacher_logits[mask]} if not cached else {  # (M, V) or (M, K)
             "teacher_topk_logprobs": teacher_topk_logprobs[mask], "teacher_topk_indices": teacher_topk_indices[mask]}
-        return self.token_loss(student_logits[mask], targets, num_items_in_batch=num_items_in_batch, **teacher)
+        return self.token_loss(student_logits[mask], targets, num_items_in_batch=num_items_in_batch, kl_rows=kl_rows, **teacher)
+
+    def positions(self, labels: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The logits positions the loss needs: ``(mask (B, T), targets (M,), kl_rows (M,) or None)``.
+
+        ``mask`` marks the M positions whose logits are used; ``targets`` is the label each
+        predicts (``ignore_index`` at KL-only positions); ``kl_rows`` marks which of the M
+        take the KL (None: the target rows, as with ``kl_tokens: answer``).
+        """
+        targets_at = target_mask(labels, self.ignore_index)  # (B, T)
+        if self.kl_tokens == "answer":
+            return targets_at, labels[:, 1:][targets_at[:, :-1]], None
+        real = torch.ones_like(labels, dtype=torch.bool) if attention_mask is None else attention_mask.bool()  # (B, T)
+        kl_at = torch.zeros_like(targets_at)
+        kl_at[:, :-1] = real[:, :-1] & real[:, 1:]
+        mask = targets_at | kl_at  # (B, T)
+        shifted = torch.full_like(labels, self.ignore_index)
+        shifted[:, :-1] = labels[:, 1:]
+        return mask, shifted[mask], kl_at[mask]
 
     def token_loss(
         self,
@@ -133,19 +161,23 @@ class SelfDistillationLoss(nn.Module):
         teacher_topk_logprobs: Tensor | None = None,
         teacher_topk_indices: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        kl_rows: Tensor | None = None,
     ) -> SelfDistillationOutput:
         """The loss over target tokens already picked out: ``student_logits`` (N, V) at the
         positions of :func:`target_mask`, ``targets`` (N,) the labels they predict, the teacher
         as (N, V) logits or (N, K) cached top-k. Same value as :meth:`forward` on the whole
         batch; lets a caller compute logits at the N target positions only (the output layer
-        over B * T positions is the largest matrix product of a small model)."""
+        over B * T positions is the largest matrix product of a small model). With
+        ``kl_tokens: sequence`` the rows are those of :meth:`positions`: ``targets`` holds
+        ``ignore_index`` at KL-only rows and ``kl_rows`` (M,) marks the KL rows."""
         cached = teacher_topk_logprobs is not None
         if cached == (teacher_logits is not None) or cached != (teacher_topk_indices is not None):
             raise ValueError("pass either teacher_logits or teacher_topk_logprobs + teacher_topk_indices")
-        student = student_logits.float()  # (N, V)
-        num_tokens = torch.tensor(targets.numel(), device=student.device)
-        log_probs = F.log_softmax(student, dim=-1)  # (N, V)
-        ce_sum = -log_probs.gather(-1, targets[:, None].long()).sum()
+        student = student_logits.float()  # (M, V)
+        is_target = targets != self.ignore_index  # (M,)
+        num_tokens = is_target.sum()
+        log_probs = F.log_softmax(student, dim=-1)  # (M, V)
+        ce_sum = -log_probs.gather(-1, targets.clamp(min=0)[:, None].long()).squeeze(-1)[is_target].sum()
         student_lp = log_probs if self.temperature == 1 else F.log_softmax(student / self.temperature, dim=-1)  # (N, V)
         if cached:
             teacher_lp, student_lp = self._cached_buckets(teacher_topk_logprobs.float(), teacher_topk_indices.long(), student_lp)
@@ -154,10 +186,8 @@ class SelfDistillationLoss(nn.Module):
             if self.top_k is not None and self.top_k < teacher_lp.shape[-1]:
                 top = teacher_lp.topk(self.top_k, dim=-1).indices  # (N, k)
                 teacher_lp, student_lp = _with_tail(teacher_lp, top), _with_tail(student_lp, top)  # (N, k+1)
-        if self.direction == "forward":
-            kl_sum = _kl(teacher_lp, student_lp).sum()
-        else:
-            kl_sum = _kl(student_lp, teacher_lp).sum()
+        per_token = _kl(teacher_lp, student_lp) if self.direction == "forward" else _kl(student_lp, teacher_lp)  # (M,)
+        kl_sum = per_token[is_target if kl_rows is None else kl_rows].sum()
 
         denominator = num_tokens if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
         denominator = denominator.to(device=ce_sum.device, dtype=ce_sum.dtype).clamp(min=1)
@@ -181,7 +211,7 @@ class SelfDistillationLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda_kl={self.lambda_kl}, temperature={self.temperature}, direction={self.direction!r}, "
-            f"scale_by_t2={self.scale_by_t2}, top_k={self.top_k}, ignore_index={self.ignore_index}"
+            f"scale_by_t2={self.scale_by_t2}, top_k={self.top_k}, kl_tokens={self.kl_tokens!r}, ignore_index={self.ignore_index}"
         )
 
 

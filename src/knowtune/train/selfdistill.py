@@ -35,7 +35,7 @@ from transformers import Trainer, TrainerCallback
 from knowtune.config import StageConfig
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.io import atomic_write_bytes
-from knowtune.train.losses import SelfDistillationLoss, SelfDistillationOutput, target_mask
+from knowtune.train.losses import SelfDistillationLoss, SelfDistillationOutput
 
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_TOPK_INDICES = "teacher_topk_indices"
@@ -51,6 +51,7 @@ class SelfDistillationConfig(StageConfig):
     direction: Literal["forward", "reverse"] = Field("forward", description="forward KL(T||S) or reverse KL(S||T)")
     scale_by_t2: bool = Field(True, description="multiply the KL term by tau^2 (Hinton et al. 2015)")
     top_k: int | None = Field(None, ge=1, description="teacher top-k tokens + one tail bucket; None = full vocab")
+    kl_tokens: Literal["answer", "sequence"] = Field("answer", description="KL on answer tokens, or on every real position")
 
     def make_loss(self, ignore_index: int = -100) -> SelfDistillationLoss:
         return SelfDistillationLoss(**self.model_dump(), ignore_index=ignore_index)
@@ -100,8 +101,7 @@ class SelfDistillationTrainer(Trainer):
         labels = inputs.pop("labels")
         topk_logprobs = inputs.pop(TEACHER_TOPK_LOGPROBS, None)
         topk_indices = inputs.pop(TEACHER_TOPK_INDICES, None)
-        mask = target_mask(labels, self.distill_loss.ignore_index)  # (B, T)
-        targets = labels[:, 1:][mask[:, :-1]]  # (N,)
+        mask, targets, kl_rows = self.distill_loss.positions(labels, inputs.get("attention_mask"))  # (B, T), (M,), (M,) or None
         if return_outputs:
             outputs = model(**inputs)
             student = outputs.logits[mask]  # (N, V)
@@ -112,7 +112,7 @@ class SelfDistillationTrainer(Trainer):
             teacher = {"teacher_topk_logprobs": topk_logprobs[mask], "teacher_topk_indices": topk_indices[mask]}  # (N, K)
         else:
             teacher = {"teacher_logits": self._teacher_logits(model, inputs, mask)}  # (N, V)
-        out = self.distill_loss.token_loss(student, targets, num_items_in_batch=num_items_in_batch, **teacher)
+        out = self.distill_loss.token_loss(student, targets, num_items_in_batch=num_items_in_batch, kl_rows=kl_rows, **teacher)
         self.distill_metrics.record(out, num_items_in_batch, "train" if model.training else "eval")
         loss = out.total
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
