@@ -1,0 +1,387 @@
+"""The key-overlap experiment: do name-like entity keys make fine-tuning forget more?
+
+Kaplan, Gekhman et al., "Why Fine-Tuning Encourages Hallucinations and How to Fix It"
+(arXiv 2604.15574, 2026) trace SFT-induced hallucination to factual forgetting driven by
+interference among overlapping representations. Their mechanism study fine-tunes on
+synthetic facts (10^3..10^6 entities) whose subjects are name-like keys (recombined name
+pieces) or random UUID keys: name-like keys forget 38-41% of held-out facts, random keys
+0-4%; held-out entities' hidden states drift (cosine) ~5% during format learning for every
+key type and ~11% with name-like keys. This module repeats that design in miniature.
+
+Per cell (key type x world size), with one seed for every cell, so the key types form a
+paired design (same facts, same splits, same corpus layout; only the subjects' names differ):
+
+1. World (:func:`~knowtune.world.synthetic.generate_synthetic_world`, split by entity):
+   ``train`` = *known* entities whose facts are fine-tuned on, ``dev`` = *held-out known*
+   entities, ``test`` = *new* entities.
+2. Pretraining (:func:`~knowtune.pretrain.pretrain`) of a tiny Llama and its BPE tokenizer
+   on a corpus built from the known entities only: new entities never appear in it.
+3. Format stage: ``format_epochs`` of SFT on the known fine-tuning facts (the paper's
+   format-learning stage). Its model is the **reference**, so format learning is not
+   counted as forgetting.
+4. Fine-tuning (plain SFT, :func:`~knowtune.train.sft.train_model`) from the reference on
+   the known fine-tuning facts plus the new facts (about half each, as the paper's 8k
+   Known + 8k Unknown).
+
+Measures, on the held-out known facts H (never fine-tuned on) and the new facts N:
+
+    forgetting        = |{f in H : ref correct, ft wrong}| / |{f in H : ref correct}|
+    new_fact_learning = |{f in N : ft correct}| / |N|
+    drift             = (1/|H|) sum_f (1 - cos(h_ref(f), h_ft(f)))     (knowtune.drift)
+    format_drift      = the same between the pretrained base and the reference
+
+with h the hidden state at the last subject token of the fine-tuning prompt. Every cell
+writes ``<out>/<key_type>-<entities>/result.json`` last, so a rerun skips finished cells.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from knowtune.config import StageConfig, save_config
+from knowtune.drift import DEFAULT_LAYER
+from knowtune.errors import KnowtuneError
+from knowtune.pretrain import PretrainConfig
+from knowtune.provenance import config_hash
+from knowtune.train.config import TrainConfig
+from knowtune.world.corpus import CorpusConfig
+from knowtune.world.synthetic import CATALOGUE, KeyType, SyntheticRelation, SyntheticWorldConfig
+
+Log = Callable[[str], None]
+RESULT_FILE = "result.json"
+CELL_FILE = "cell.json"
+SUMMARY_FILE = "summary.json"
+NAME_KEY = "name"
+#: Keys that may differ between two runs of one output directory (speed only).
+RUN_KEYS = ("workers",)
+#: The default relations: every catalogue relation whose objects are not entities (a
+#: ``person`` object would put new entities' keys into the known entities' corpus).
+DEFAULT_RELATIONS = [r.id for r in CATALOGUE if r.object_kind != "person"][:4]
+
+
+def _default_pretrain() -> PretrainConfig:
+    """A pretraining small enough for a cell to take well under a minute on one core (docs/mechanism.md)."""
+    corpus = CorpusConfig(never_seen_share=0.0, conflict_share=0.0, min_exposures=20, max_exposures=20)
+    return PretrainConfig(corpus=corpus, vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
+                          seq_len=64, batch_size=16, epochs=12.0, learning_rate=6e-3, warmup_steps=30, save_every_steps=2000)
+
+
+def _default_finetune() -> TrainConfig:
+    return TrainConfig(epochs=20, learning_rate=3e-4, batch_size=16, eval_every_epoch=False, max_eval_examples=None)
+
+
+class KeyOverlapConfig(StageConfig):
+    """Settings of the key-overlap experiment (docs/mechanism.md documents every key).
+
+    ``finetune_known_share`` + ``held_out_share`` + ``new_share`` = 1: the entity shares of
+    known entities fine-tuned on, known entities held out, and new (never pretrained on)
+    entities. ``pretrain`` and ``finetune`` take their ``seed`` from ``seed`` unless they set
+    their own. ``workers`` > 1 runs cells in parallel single-threaded processes.
+    """
+
+    key_types: list[KeyType] = Field(default_factory=lambda: ["name", "random"])
+    sizes: list[int] = Field(default_factory=lambda: [100, 200, 300])
+    relations: int | list[str | SyntheticRelation] = Field(default_factory=lambda: list(DEFAULT_RELATIONS))
+    finetune_known_share: float = Field(0.35, gt=0.0, lt=1.0)
+    held_out_share: float = Field(0.3, gt=0.0, lt=1.0)
+    new_share: float = Field(0.35, gt=0.0, lt=1.0)
+    seed: int = 0
+    format_epochs: int = Field(1, ge=1)
+    drift_layer: int = DEFAULT_LAYER
+    workers: int = Field(2, ge=1)
+    pretrain: PretrainConfig = Field(default_factory=_default_pretrain)
+    finetune: TrainConfig = Field(default_factory=_default_finetune)
+
+    @field_validator("key_types")
+    @classmethod
+    def _distinct_key_types(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one key type, e.g. [name, random]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a key type is listed twice: {value}")
+        return value
+
+    @field_validator("sizes")
+    @classmethod
+    def _distinct_sizes(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one world size (number of entities), e.g. [100, 200, 300]")
+        if len(set(value)) != len(value) or any(n < 1 for n in value):
+            raise ValueError(f"sizes must be distinct positive entity counts, got {value}")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "KeyOverlapConfig":
+        shares = self.finetune_known_share + self.held_out_share + self.new_share
+        if abs(shares - 1.0) > 1e-6:
+            raise ValueError(f"finetune_known_share + held_out_share + new_share must sum to 1, got {shares:g}")
+        if self.finetune.method != "sft":
+            raise ValueError("finetune.method must be sft: the experiment measures forgetting under plain SFT")
+        if self.finetune.early_stopping_patience is not None or self.finetune.save_best:
+            raise ValueError("finetune.early_stopping_patience and finetune.save_best need dev data, which the experiment does not use; unset them")
+        for key_type in self.key_types:
+            for n in self.sizes:
+                world = self.world_config(key_type, n)
+                people = [r.id for r in world.resolved_relations() if r.object_kind == "person"]
+                if people:
+                    raise ValueError(f"relations {people} have entities as objects, which would put new entities' keys into the corpus; leave them out")
+                counts = _split_counts(world)
+                if min(counts.values()) == 0:
+                    raise ValueError(f"sizes: {n} entities leave the {min(counts, key=counts.get)} group empty ({counts}); use at least {_min_size(self)} entities")
+        return self
+
+    def world_config(self, key_type: str, entities: int) -> SyntheticWorldConfig:
+        """The world of one cell: every cell shares ``seed``, so key types are paired."""
+        return SyntheticWorldConfig(name=f"keys-{key_type}-{entities}", seed=self.seed, num_entities=entities, relations=self.relations,
+                                    key_type=key_type, split_by="entity", train_share=self.finetune_known_share,
+                                    dev_share=self.held_out_share, test_share=self.new_share)
+
+    def pretrain_config(self) -> PretrainConfig:
+        updates: dict[str, Any] = {}
+        if "seed" not in self.pretrain.model_fields_set:
+            updates["seed"] = self.seed
+        if "seed" not in self.pretrain.corpus.model_fields_set:
+            updates["corpus"] = self.pretrain.corpus.model_copy(update={"seed": self.seed})
+        return self.pretrain.model_copy(update=updates)
+
+    def finetune_config(self) -> TrainConfig:
+        return self.finetune if "seed" in self.finetune.model_fields_set else self.finetune.model_copy(update={"seed": self.seed})
+
+    def comparable(self) -> dict[str, Any]:
+        """The settings that decide results (``workers`` left out)."""
+        return self.model_dump(mode="json", exclude=set(RUN_KEYS))
+
+
+def _split_counts(world: SyntheticWorldConfig) -> dict[str, int]:
+    """Entities per group under the world's shares (the generator's cumulative rounding)."""
+    n = world.num_entities
+    train = round(n * world.train_share)
+    dev = round(n * (world.train_share + world.dev_share)) - train
+    return {"finetune_known": train, "held_out": dev, "new": n - train - dev}
+
+
+def _min_size(config: KeyOverlapConfig) -> int:
+    return math.ceil(1 / min(config.finetune_known_share, config.held_out_share, config.new_share)) + 1
+
+
+def cell_name(key_type: str, entities: int) -> str:
+    return f"{key_type}-{entities}"
+
+
+def _cell_settings(config: KeyOverlapConfig, key_type: str, entities: int) -> dict[str, Any]:
+    """Everything that decides one cell's result (its identity on disk)."""
+    return {"key_type": key_type, "entities": entities, "world": config.world_config(key_type, entities).model_dump(mode="json"),
+            "pretrain": config.pretrain_config().model_dump(mode="json"), "finetune": config.finetune_config().model_dump(mode="json"),
+            "format_epochs": config.format_epochs, "drift_layer": config.drift_layer}
+
+
+def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """Run every (key type, size) cell not finished yet under ``out_dir``; return and save the summary.
+
+    The summary (``out_dir/summary.json``) holds the config, one row per cell (see
+    :func:`run_cell`) and the finding :func:`namelike_keys_forget_more`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    cells = [(key_type, n) for n in config.sizes for key_type in config.key_types]
+    jobs = [(_cell_settings(config, k, n), str(out_dir / cell_name(k, n))) for k, n in cells]
+    start = time.monotonic()
+    if config.workers == 1 or len(jobs) == 1:
+        rows = [_run_job(job, log) for job in jobs]
+    else:
+        log(f"{len(jobs)} cells, {config.workers} at a time in parallel single-threaded processes (largest worlds first)")
+        order = sorted(range(len(jobs)), key=lambda i: -cells[i][1])
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = dict(zip(order, pool.map(_run_job_in_process, [jobs[i] for i in order])))
+        rows = [done[i] for i in range(len(jobs))]
+    summary = {"config": config.comparable(), "rows": rows, "finding": namelike_keys_forget_more(rows),
+               "seconds": round(time.monotonic() - start, 1)}
+    from knowtune.io import atomic_write_json
+
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    log(summary["finding"]["detail"])
+    return summary
+
+
+def _run_job(job: tuple[dict[str, Any], str], log: Log) -> dict[str, Any]:
+    settings, cell_dir = job
+    name = cell_name(settings["key_type"], settings["entities"])
+    return run_cell(settings, Path(cell_dir), log=lambda line: log(f"[{name}] {line}"))
+
+
+def _run_job_in_process(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    return _run_job(job, lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _check_cell_dir(cell_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result when ``cell_dir`` holds this cell finished; refuse a cell with other settings."""
+    saved_path = cell_dir / CELL_FILE
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        if saved != settings:
+            differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise KnowtuneError(f"{cell_dir} holds a cell run with other settings ({', '.join(differing)} differ)",
+                                fix="pass a new output directory, or delete that cell directory to rerun it")
+    result = cell_dir / RESULT_FILE
+    return json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
+
+
+def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> dict[str, Any]:
+    """One (key type, size) cell: world, pretraining, format stage, fine-tuning, measures (module docstring).
+
+    Each stage reuses its finished output in ``cell_dir``; ``result.json`` is written last and
+    holds the summary row, the settings hash and provenance.
+    """
+    from knowtune.io import atomic_write_json
+    from knowtune.pretrain import pretrain
+    from knowtune.provenance import model_fingerprint, provenance
+    from knowtune.train.sft import train_model
+    from knowtune.world.spec import World
+    from knowtune.world.synthetic import generate_synthetic_world
+
+    cell_dir = Path(cell_dir)
+    done = _check_cell_dir(cell_dir, settings)
+    if done is not None:
+        log(f"finished earlier, skipped ({cell_dir / RESULT_FILE})")
+        return done["row"]
+    atomic_write_json(cell_dir / CELL_FILE, settings)
+    timing: dict[str, float] = {}
+    clock = time.monotonic()
+    world = generate_synthetic_world(SyntheticWorldConfig.model_validate(settings["world"]))
+    known_train, held_out, new = world.split("train"), world.split("dev"), world.split("test")
+    base_dir = cell_dir / "base"
+    if not (base_dir / "provenance.json").is_file():
+        corpus_world = World(name=world.name, relations=world.relations, examples=tuple(ex for ex in world.examples if ex.split != "test"))
+        pretrain(corpus_world, PretrainConfig.model_validate(settings["pretrain"]), base_dir, log=log)
+    timing["pretrain_s"], clock = time.monotonic() - clock, time.monotonic()
+    tune = TrainConfig.model_validate(settings["finetune"])
+    quiet = lambda line: None  # noqa: E731 - train_model's per-epoch lines would drown the cell's log
+    reference = train_model(tune.model_copy(update={"epochs": settings["format_epochs"]}), base_dir, known_train,
+                            out_dir=cell_dir / "format", log=quiet).model_dir
+    timing["format_s"], clock = time.monotonic() - clock, time.monotonic()
+    categories = {**{ex.id: "HighlyKnown" for ex in known_train}, **{ex.id: "Unknown" for ex in new}}
+    tuned = train_model(tune, reference, [*known_train, *new], categories=categories, out_dir=cell_dir / "finetune", log=quiet)
+    timing["finetune_s"], clock = time.monotonic() - clock, time.monotonic()
+    row = {"key_type": settings["key_type"], "entities": settings["entities"], "facts_finetune_known": len(known_train),
+           "facts_held_out": len(held_out), "facts_new": len(new)}
+    row.update(_measure(world, held_out, {"base": base_dir, "reference": reference, "finetuned": tuned.model_dir}, tune, settings["drift_layer"]))
+    last = tuned.at_epoch(tuned.epochs_run)
+    row["new_fact_learning"] = last.get("train/exact_match/Unknown")
+    row["known_fit_after"] = last.get("train/exact_match/HighlyKnown")
+    timing["measure_s"] = time.monotonic() - clock
+    row["seconds"] = round(sum(timing.values()), 1)
+    log(_describe(row) + f" ({row['seconds']:.0f} s)")
+    record = {"row": row, "timing": {k: round(v, 1) for k, v in timing.items()}, "settings_hash": config_hash(settings),
+              "provenance": provenance(settings, seed=settings["world"]["seed"], model_fingerprint=model_fingerprint(tuned.model_dir),
+                                       base_model_fingerprint=model_fingerprint(base_dir), reference_fingerprint=model_fingerprint(reference))}
+    atomic_write_json(cell_dir / RESULT_FILE, record)
+    return row
+
+
+def _measure(world, held_out, model_dirs: Mapping[str, Path], tune: TrainConfig, layer: int) -> dict[str, Any]:
+    """Held-out accuracy of each model, forgetting (reference -> fine-tuned), drift, key overlap."""
+    from knowtune.drift import cosine_drift, entity_states
+    from knowtune.evaluate import PromptFormat, evaluate_examples
+    from knowtune.models import load_model_and_tokenizer
+    from knowtune.world.synthetic import key_overlap
+
+    fmt = PromptFormat(template=tune.prompt_template)
+    correct, states, tokenizer = {}, {}, None
+    for name, directory in model_dirs.items():
+        model, tokenizer = load_model_and_tokenizer(directory)
+        result = evaluate_examples(model, tokenizer, held_out, prompt_format=fmt, batch_size=tune.eval_batch_size, max_new_tokens=tune.max_new_tokens)
+        correct[name] = [p.correct for p in result.predictions]
+        states[name] = entity_states(model, tokenizer, held_out, layer=layer, template=tune.prompt_template, batch_size=tune.eval_batch_size)
+    known = [i for i, ok in enumerate(correct["reference"]) if ok]
+    lost = sum(not correct["finetuned"][i] for i in known)
+    forgetting = lost / len(known) if known else None
+    accuracy = {name: sum(flags) / len(flags) for name, flags in correct.items()}
+    return {
+        "key_overlap": key_overlap(world), "key_overlap_tokens": key_overlap(world, lambda key: tokenizer.tokenize(" " + key)),
+        "held_out_accuracy_base": accuracy["base"], "held_out_accuracy_before": accuracy["reference"],
+        "held_out_accuracy_after": accuracy["finetuned"], "forgetting": forgetting,
+        "forgetting_se": math.sqrt(forgetting * (1 - forgetting) / len(known)) if known else None,
+        "drift": cosine_drift(states["reference"], states["finetuned"]), "format_drift": cosine_drift(states["base"], states["reference"]),
+        "total_drift": cosine_drift(states["base"], states["finetuned"]),
+    }
+
+
+def _describe(row: Mapping[str, Any]) -> str:
+    return (f"held-out known accuracy {_pct(row['held_out_accuracy_before'])} -> {_pct(row['held_out_accuracy_after'])}, "
+            f"forgetting {_pct(row['forgetting'])}, new facts learned {_pct(row['new_fact_learning'])}, "
+            f"drift {_pct(row['drift'])} (format stage {_pct(row['format_drift'])}), key overlap {row['key_overlap']:.2f}")
+
+
+def _paired_sizes(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[int, dict[str, Mapping[str, Any]]], list[str]]:
+    by_size: dict[int, dict[str, Mapping[str, Any]]] = {}
+    for row in rows:
+        by_size.setdefault(row["entities"], {})[row["key_type"]] = row
+    others = sorted({row["key_type"] for row in rows} - {NAME_KEY})
+    return by_size, others
+
+
+def namelike_keys_forget_more(summary: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Name-like keys cause more forgetting than random-string keys (Kaplan, Gekhman et al. 2026).
+
+    Test: at every world size that has a ``name`` row, its forgetting is strictly greater
+    than that of every other key type at that size (``random``, ``uuid``). ``value`` = the
+    mean, over those (size, other key type) pairs, of forgetting(name) - forgetting(other),
+    in points. ``holds`` is None when ``name`` or every other key type is missing, or no
+    size has both. ``summary`` is a summary dict (with ``rows``) or the rows themselves.
+    """
+    from knowtune.study.findings import finding
+
+    name = "namelike_keys_forget_more"
+    rows = summary["rows"] if isinstance(summary, Mapping) else summary
+    by_size, others = _paired_sizes(rows)
+    if not any(row["key_type"] == NAME_KEY for row in rows) or not others:
+        present = sorted({row["key_type"] for row in rows}) or ["none"]
+        return finding(name, None, None, f"not tested: needs name keys and another key type (random or uuid); present: {', '.join(present)}")
+    gaps, parts, holds = [], [], True
+    for size in sorted(by_size):
+        cell = by_size[size]
+        if NAME_KEY not in cell or not set(others) & set(cell):
+            continue
+        text = [_forgetting_text(NAME_KEY, cell[NAME_KEY])]
+        for other in others:
+            if other in cell:
+                text.append(_forgetting_text(other, cell[other]))
+                if cell[NAME_KEY]["forgetting"] is not None and cell[other]["forgetting"] is not None:
+                    gap = cell[NAME_KEY]["forgetting"] - cell[other]["forgetting"]
+                    gaps.append(gap)
+                    holds = holds and gap > 0
+        parts.append(f"{size} entities: forgetting " + " vs ".join(text))
+    if not gaps:
+        return finding(name, None, None, "not tested: no world size has both name keys and another key type with a defined forgetting; "
+                       + ("; ".join(parts) or "no paired sizes"))
+    value = 100 * sum(gaps) / len(gaps)
+    verdict = "forget more" if holds else "do not forget more"
+    detail = (f"name-like keys {verdict} than {'/'.join(others)} keys at every size (mean gap {value:+.1f} points): "
+              + "; ".join(parts))
+    return finding(name, holds, value, detail)
+
+
+def _forgetting_text(key_type: str, row: Mapping[str, Any]) -> str:
+    """``name 37.0%``, plus ``(+-3.6, reference held-out accuracy 75.4%)`` when the row has them."""
+    text = f"{key_type} {_pct(row['forgetting'])}"
+    if row.get("forgetting_se") is not None and row.get("held_out_accuracy_before") is not None:
+        text += f" (+-{100 * row['forgetting_se']:.1f}, reference held-out accuracy {_pct(row['held_out_accuracy_before'])})"
+    return text
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,145 @@
+"""The key-overlap experiment (Kaplan, Gekhman et al., arXiv 2604.15574, 2026) in miniature:
+a row per cell with finite measures, the paired design, resuming, the finding, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from knowtune.config import load_config
+from knowtune.errors import ConfigError, KnowtuneError
+from knowtune.study.keys import RESULT_FILE, SUMMARY_FILE, KeyOverlapConfig, cell_name, namelike_keys_forget_more, run_key_overlap
+from knowtune.world.synthetic import generate_synthetic_world
+
+SIZES = [10, 12]
+MEASURES = ("forgetting", "new_fact_learning", "drift", "format_drift", "held_out_accuracy_before", "held_out_accuracy_after",
+            "key_overlap", "key_overlap_tokens")
+
+
+def mini_config(**overrides) -> KeyOverlapConfig:
+    """Two key types x two tiny worlds, a tiny model pretrained long enough to recall some facts."""
+    values = {
+        "sizes": SIZES, "relations": ["works_at", "born_in"], "workers": 1,
+        "pretrain": {"vocab_size": 400, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "seq_len": 32,
+                     "batch_size": 8, "epochs": 25, "learning_rate": 6e-3, "warmup_steps": 5, "save_every_steps": 10_000,
+                     "corpus": {"never_seen_share": 0.0, "conflict_share": 0.0, "min_exposures": 30, "max_exposures": 30}},
+        "finetune": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_every_epoch": False, "max_eval_examples": None},
+    }
+    values.update(overrides)
+    return KeyOverlapConfig.model_validate(values)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keys")
+    lines: list[str] = []
+    summary = run_key_overlap(mini_config(), out, log=lines.append)
+    return out, summary, lines
+
+
+def test_summary_has_a_row_per_cell_with_finite_measures(experiment):
+    out, summary, _ = experiment
+    cells = {(row["key_type"], row["entities"]) for row in summary["rows"]}
+    assert cells == {(key, n) for key in ("name", "random") for n in SIZES}
+    for row in summary["rows"]:
+        for measure in MEASURES:
+            assert row[measure] is not None and math.isfinite(row[measure]), (row["key_type"], row["entities"], measure)
+        assert 0 <= row["forgetting"] <= 1 and row["drift"] >= 0
+        assert row["held_out_accuracy_before"] > 0, "the reference must recall some held-out facts, or forgetting is undefined"
+    assert json.loads((out / SUMMARY_FILE).read_text())["rows"] == summary["rows"]
+    assert summary["finding"]["name"] == "namelike_keys_forget_more" and summary["finding"]["holds"] in (True, False)
+    names = {row["entities"]: row["key_overlap"] for row in summary["rows"] if row["key_type"] == "name"}
+    randoms = {row["entities"]: row["key_overlap"] for row in summary["rows"] if row["key_type"] == "random"}
+    assert all(randoms[n] == 0.0 for n in SIZES) and any(names[n] > 0 for n in SIZES)
+
+
+def test_each_cell_writes_result_config_and_provenance(experiment):
+    out, _, _ = experiment
+    for key in ("name", "random"):
+        cell = out / cell_name(key, SIZES[0])
+        record = json.loads((cell / RESULT_FILE).read_text())
+        assert record["row"]["key_type"] == key and record["provenance"]["model_fingerprint"]
+        assert json.loads((cell / "cell.json").read_text())["key_type"] == key
+        exposures = [json.loads(line) for line in (cell / "base" / "exposures.jsonl").read_text().splitlines()]
+        assert exposures and all(r["split"] != "test" for r in exposures), "new entities' facts must never be in the corpus"
+
+
+def test_key_types_are_a_paired_design():
+    config = mini_config()
+    name, random_ = (generate_synthetic_world(config.world_config(key, 12)) for key in ("name", "random"))
+    assert [(ex.id, ex.relation, ex.split, ex.object) for ex in name.examples] == [(ex.id, ex.relation, ex.split, ex.object) for ex in random_.examples]
+    subjects = {ex.id: (ex.subject, other.subject) for ex, other in zip(name.examples, random_.examples)}
+    assert all(a != b for a, b in subjects.values())
+
+
+def test_rerun_skips_finished_cells(experiment):
+    out, summary, _ = experiment
+    results = sorted(out.glob(f"*/{RESULT_FILE}"))
+    before = {path: path.stat().st_mtime_ns for path in results}
+    lines: list[str] = []
+    again = run_key_overlap(mini_config(), out, log=lines.append)
+    assert sum("finished earlier, skipped" in line for line in lines) == len(summary["rows"]) == len(results)
+    assert {path: path.stat().st_mtime_ns for path in results} == before
+    assert again["rows"] == summary["rows"]
+
+
+def test_rerun_with_other_settings_is_refused(experiment):
+    out, _, _ = experiment
+    changed = mini_config(finetune={"epochs": 3, "batch_size": 8, "eval_every_epoch": False})
+    with pytest.raises(KnowtuneError, match="other settings"):
+        run_key_overlap(changed, out, log=lambda _: None)
+
+
+def _row(key: str, n: int, forgetting: float | None) -> dict:
+    return {"key_type": key, "entities": n, "forgetting": forgetting}
+
+
+def test_finding_holds_when_name_keys_forget_more_at_every_size():
+    rows = [_row("name", 100, 0.40), _row("random", 100, 0.05), _row("name", 200, 0.38), _row("random", 200, 0.02)]
+    result = namelike_keys_forget_more({"rows": rows})
+    assert result["holds"] is True and result["value"] == pytest.approx((35 + 36) / 2)
+    assert "100 entities: forgetting name 40.0% vs random 5.0%" in result["detail"]
+
+
+def test_finding_fails_when_one_size_does_not_show_it():
+    rows = [_row("name", 100, 0.40), _row("random", 100, 0.05), _row("name", 200, 0.30), _row("random", 200, 0.31)]
+    result = namelike_keys_forget_more(rows)
+    assert result["holds"] is False and result["value"] == pytest.approx((35 - 1) / 2)
+    assert "do not forget more" in result["detail"]
+
+
+def test_finding_compares_with_every_other_key_type():
+    rows = [_row("name", 100, 0.40), _row("random", 100, 0.05), _row("uuid", 100, 0.45)]
+    assert namelike_keys_forget_more(rows)["holds"] is False
+
+
+def test_finding_is_untested_without_both_key_types():
+    assert namelike_keys_forget_more([_row("name", 100, 0.4), _row("name", 200, 0.3)])["holds"] is None
+    assert namelike_keys_forget_more([_row("random", 100, 0.1)])["holds"] is None
+    missing = namelike_keys_forget_more([_row("name", 100, 0.4), _row("random", 200, 0.1)])
+    assert missing["holds"] is None and "not tested" in missing["detail"]
+    undefined = namelike_keys_forget_more([_row("name", 100, None), _row("random", 100, 0.1)])
+    assert undefined["holds"] is None
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"new_share": 0.5}, "must sum to 1"),
+    ({"relations": ["works_at", "mentor"]}, "mentor"),
+    ({"sizes": [2]}, "at least"),
+    ({"key_types": ["name", "name"]}, "listed twice"),
+    ({"key_types": ["names"]}, "key_types"),
+    ({"finetune": {"method": "selfdistill"}}, "plain SFT"),
+    ({"sizes": []}, "at least one world size"),
+])
+def test_bad_config_is_rejected_with_a_clear_error(values, message):
+    with pytest.raises(ValueError, match=message):
+        KeyOverlapConfig.model_validate(values)
+
+
+def test_unknown_key_in_yaml_names_the_key(tmp_path):
+    path = tmp_path / "keys.yaml"
+    path.write_text("sizes: [100]\nepochs: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="epochs: unknown key"):
+        load_config(KeyOverlapConfig, path)
