@@ -35,3 +35,14 @@ def ratio_run(ratio: int, tests: list[float], devs: list[float], *, size: int = 
                       accuracy_answered=None if accuracy_answered is None else accuracy_answered[e])
                for e in range(epochs)]
     return Run(name=name or f"D_{ratio}", kind=kind, metrics=metrics, ratio=ratio, size=size, params={"ratio": ratio})
+
+
+def mini_key_overlap(sizes: list[int] | None = None) -> dict:
+    """``key_overlap:`` settings for a miniature experiment: two key types, tiny worlds, a tiny model (seconds)."""
+    return {
+        "sizes": sizes or [10, 12], "relations": ["works_at", "born_in"], "workers": 1,
+        "pretrain": {"vocab_size": 400, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "seq_len": 32,
+                     "batch_size": 8, "epochs": 25, "learning_rate": 6e-3, "warmup_steps": 5, "save_every_steps": 10_000,
+                     "corpus": {"never_seen_share": 0.0, "conflict_share": 0.0, "min_exposures": 30, "max_exposures": 30}},
+        "finetune": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_every_epoch": False, "max_eval_examples": None},
+    }

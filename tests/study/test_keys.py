@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from study_metrics import mini_key_overlap
 
 from knowtune.config import load_config
 from knowtune.errors import ConfigError, KnowtuneError
@@ -20,13 +21,7 @@ MEASURES = ("forgetting", "new_fact_learning", "drift", "format_drift", "held_ou
 
 def mini_config(**overrides) -> KeyOverlapConfig:
     """Two key types x two tiny worlds, a tiny model pretrained long enough to recall some facts."""
-    values = {
-        "sizes": SIZES, "relations": ["works_at", "born_in"], "workers": 1,
-        "pretrain": {"vocab_size": 400, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "seq_len": 32,
-                     "batch_size": 8, "epochs": 25, "learning_rate": 6e-3, "warmup_steps": 5, "save_every_steps": 10_000,
-                     "corpus": {"never_seen_share": 0.0, "conflict_share": 0.0, "min_exposures": 30, "max_exposures": 30}},
-        "finetune": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_every_epoch": False, "max_eval_examples": None},
-    }
+    values = mini_key_overlap(SIZES)
     values.update(overrides)
     return KeyOverlapConfig.model_validate(values)
 

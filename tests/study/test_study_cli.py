@@ -18,6 +18,7 @@ from knowtune.config import load_config
 from knowtune.study.config import StudyConfig, demo_config_path
 from knowtune.study.findings import NAMES
 from knowtune.train.config import TrainConfig
+from study_metrics import mini_key_overlap
 
 VARIANTS = ["D_0", "D_50", "D_100", "D_IDK_50"]
 
@@ -186,7 +187,7 @@ def methods_study(tmp_path_factory, knowing_model, study_world):
     """The miniature study with a compare_methods section (every method) and drift, run once."""
     root = tmp_path_factory.mktemp("methods")
     config = study_yaml(root, knowing_model, study_world, train_variants=["D_50"], compare_methods={"mixture": 50},
-                        curate__variants=["ratio", "known", "idk"], train__drift={})
+                        curate__variants=["ratio", "known", "idk"], train__drift={}, key_overlap=mini_key_overlap([10]))
     code, out, err = run("study", "--config", config, "--out", root / "study", "--report")
     assert code == 0, err
     return root / "study", config, out
@@ -194,7 +195,7 @@ def methods_study(tmp_path_factory, knowing_model, study_world):
 
 def test_compare_methods_trains_each_method_once_and_reports_them(methods_study):
     out_dir, _, stdout = methods_study
-    assert "stages: annotate ran, curate ran, train ran, compare ran, analyse ran" in " ".join(stdout.split())
+    assert "stages: annotate ran, curate ran, train ran, compare ran, keys ran, analyse ran" in " ".join(stdout.split())
     state = json.loads((out_dir / "study.json").read_text())
     assert state["methods"]["sft"]["dir"] == state["runs"]["D_50"]["dir"]  # same data and settings: reused, not retrained
     for method in ("filtered", "idk", "selfdistill", "attention_only", "lora"):
@@ -207,11 +208,13 @@ def test_compare_methods_trains_each_method_once_and_reports_them(methods_study)
     assert table["filtered"]["new_facts"] is None and table["sft"]["new_facts"] is not None
     assert all(row["drift"] is not None and row["drift"] >= 0 for row in table.values())
     names = [f["name"] for f in analysis["findings"]]
-    assert names[-2:] == ["selfdistill_reduces_forgetting", "attention_only_preserves"]
+    assert names[-3:] == ["selfdistill_reduces_forgetting", "attention_only_preserves", "namelike_keys_forget_more"]
+    assert [(r["key_type"], r["entities"]) for r in analysis["key_overlap"]["rows"]] == [("name", 10), ("random", 10)]
     results = json.loads((out_dir / "report" / "results.json").read_text())
-    assert {"method_dynamics.png", "forgetting_against_learning.png"} <= set(results["figures"])
+    assert {"method_dynamics.png", "forgetting_against_learning.png", "key_overlap.png"} <= set(results["figures"])
     html = (out_dir / "report" / "index.html").read_text()
-    assert "Method comparison" in html and "self-distillation" in html
+    assert "Method comparison" in html and "self-distillation" in html and "Key overlap" in html
+    assert html.count("src='data:image/png;base64,") == len(results["figures"])
 
 
 def test_each_compared_method_trains_as_it_says(methods_study):
@@ -233,6 +236,20 @@ def test_compare_rerun_skips_and_a_lost_method_is_retrained_alone(methods_study)
     shutil.rmtree(out_dir / "runs" / "methods" / "lora")
     code, stdout, err = run("study", "--config", config, "--out", out_dir)
     assert code == 0, err
-    assert "train skipped, compare ran, analyse ran" in " ".join(stdout.split())
+    assert "train skipped, compare ran, keys skipped, analyse ran" in " ".join(stdout.split())
     after = mtimes(out_dir)
     assert {k: v for k, v in after.items() if "lora" not in k} == {k: v for k, v in before.items() if "lora" not in k}
+
+
+def test_keys_command_runs_the_experiment_alone(tmp_path):
+    config = tmp_path / "keys.yaml"
+    config.write_text(yaml.safe_dump(mini_key_overlap([10])))
+    code, stdout, err = run("keys", "--config", config, "--out", tmp_path / "keys")
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1] == str(tmp_path / "keys" / "summary.json")
+    assert "namelike_keys_forget_more" in stdout
+    summary = json.loads((tmp_path / "keys" / "summary.json").read_text())
+    assert {r["key_type"] for r in summary["rows"]} == {"name", "random"}
+    config.write_text(yaml.safe_dump({**mini_key_overlap([10]), "sizez": [5]}))
+    code, _, err = run("keys", "--config", config, "--out", tmp_path / "other")
+    assert code == 2 and "sizez" in err and not (tmp_path / "other").exists()

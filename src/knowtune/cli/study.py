@@ -97,3 +97,22 @@ def demo_command(
     out = out or Path("knowtune-methods" if methods else "knowtune-demo")
     settings = load_config(StudyConfig, path, {"out": str(out), "device": device})
     typer.echo(str(_run(settings, report=True)))
+
+
+@app.command("keys")
+def keys_command(
+    config: Optional[Path] = typer.Option(None, "--config", help="keys.yaml: the key_overlap settings (docs/mechanism.md); defaults without it."),
+    out: Path = typer.Option(Path("knowtune-keys"), "--out", help="Output directory; rerunning skips finished cells."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Cells run at a time, each a single-threaded process."),
+) -> None:
+    """The key-overlap experiment alone (Kaplan, Gekhman et al. 2026): name-like against random entity keys.
+
+    Prints one line per cell and the finding; the last line is OUT/summary.json.
+    """
+    from knowtune.config import load_config
+    from knowtune.study.keys import SUMMARY_FILE, KeyOverlapConfig, run_key_overlap
+
+    settings = load_config(KeyOverlapConfig, config, {"workers": workers})
+    summary = run_key_overlap(settings, out, log=_log)
+    print_findings([summary["finding"]])
+    typer.echo(str(out / SUMMARY_FILE))

@@ -25,7 +25,7 @@ from knowtune.slick.categories import CATEGORIES
 from knowtune.study import paper
 
 FIGURES = ("accuracy_by_epoch", "fitted_by_category", "es_vs_conv", "linear_model", "category_distribution", "categories_by_exposure",
-           "method_dynamics", "forgetting_against_learning")
+           "method_dynamics", "forgetting_against_learning", "key_overlap")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -130,6 +130,9 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
 
         figures["method_dynamics"] = plots.method_dynamics(methods["curves"], LABELS)
         figures["forgetting_against_learning"] = plots.forgetting_against_learning(methods["table"])
+    keys = analysis.get("key_overlap")
+    if keys:
+        figures["key_overlap"] = plots.key_overlap(keys["rows"])
     results = {
         "findings": analysis["findings"],
         "variants": analysis["variants"],
@@ -137,6 +140,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         "category_distribution": {"ours": distribution, "paper": paper.CATEGORY_DISTRIBUTION},
         "categories_by_exposure": exposure,
         "methods": methods,
+        "key_overlap": keys,
         "stages": state.get("stages", {}),
         "figures": [f"{name}.png" for name in figures],
         "study": str(study_dir),

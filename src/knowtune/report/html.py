@@ -131,6 +131,23 @@ def methods_section(methods: Mapping[str, Any] | None, figures: Mapping[str, byt
             + _figure(figures, "forgetting_against_learning", "forgetting against new-fact learning"))
 
 
+def keys_section(keys: Mapping[str, Any] | None, figures: Mapping[str, bytes]) -> str:
+    """The key-overlap experiment: one row per (key type, world size) cell."""
+    if not keys:
+        return ""
+    pct = lambda v: _num(None if v is None else 100 * v)  # noqa: E731
+    rows = [[html.escape(r["key_type"]), str(r["entities"]), _num(r["key_overlap"], 2), pct(r["held_out_accuracy_before"]),
+             pct(r["held_out_accuracy_after"]), f"{pct(r['forgetting'])} &plusmn; {pct(r['forgetting_se'])}", pct(r["new_fact_learning"]),
+             pct(r["drift"]), pct(r["format_drift"])] for r in keys["rows"]]
+    intro = ("<p>Synthetic worlds whose entity keys are name-like (shared name pieces) or random strings, the same facts in both "
+             "(a paired design): a tiny model is pretrained on the known entities, learns the format on some of them (the reference), "
+             "then is fine-tuned on new entities' facts. Forgetting: held-out known facts the reference answered and the fine-tuned "
+             "model does not. Paper: name-like keys forget 38-41%, random keys 0-4%; drift about 11% against 5%. docs/mechanism.md "
+             "explains every measure.</p>")
+    header = ["keys", "entities", "key overlap", "held-out before %", "after %", "forgetting %", "new facts %", "drift %", "format drift %"]
+    return intro + _table(header, rows) + _figure(figures, "key_overlap", "forgetting and drift by key type and world size")
+
+
 def distribution_section(distribution: Mapping[str, Any]) -> str:
     rows = [[split, str(d["n"]), *(_num(d["shares"][c]) for c in CATEGORIES)] for split, d in distribution["ours"].items()]
     rows.append(["<span class='paper'>paper (PaLM 2-M, train)</span>", "", *(_num(distribution["paper"][c]) for c in CATEGORIES)])
@@ -169,6 +186,8 @@ def render_page(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
         idk_section(results["idk_table"]) if results["idk_table"] else "<p class='note'>No D_IDK variant was trained.</p>",
         *(["<h2>Method comparison (Kaplan, Gekhman et al. 2026)</h2>", methods_section(results["methods"], figures)]
           if results.get("methods") else []),
+        *(["<h2>Key overlap: name-like against random entity keys</h2>", keys_section(results["key_overlap"], figures)]
+          if results.get("key_overlap") else []),
         "<h2>SliCK category distribution</h2>", _figure(figures, "category_distribution", "category distribution"),
         distribution_section(results["category_distribution"]),
         "<h2>SliCK categories against pretraining exposure</h2>", _figure(figures, "categories_by_exposure", "categories by exposure"),

@@ -174,3 +174,20 @@ def forgetting_against_learning(table: Sequence[Mapping[str, Any]]) -> bytes:
              title="Forgetting against new-fact learning (lower right is best)")
     axis.grid(alpha=0.3)
     return _png(figure)
+
+
+def key_overlap(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Forgetting (with its standard error) and representation drift against world size, one line per key type."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for key_type in dict.fromkeys(r["key_type"] for r in rows):
+        mine = sorted((r for r in rows if r["key_type"] == key_type and r["forgetting"] is not None), key=lambda r: r["entities"])
+        sizes = [r["entities"] for r in mine]
+        axes[0].errorbar(sizes, [100 * r["forgetting"] for r in mine], yerr=[100 * (r["forgetting_se"] or 0) for r in mine],
+                         marker="o", capsize=3, label=f"{key_type} keys")
+        axes[1].plot(sizes, [100 * r["drift"] for r in mine], marker="o", label=f"{key_type} keys")
+    axes[0].set(xlabel="entities in the world", ylabel="held-out forgetting (%)", title="Forgetting of held-out known facts")
+    axes[1].set(xlabel="entities in the world", ylabel="drift (1 - cos, %)", title="Representation drift of held-out entities")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _png(figure)

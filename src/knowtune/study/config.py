@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from knowtune.config import StageConfig
 from knowtune.curate import CurateConfig
 from knowtune.slick.protocol import AnnotateConfig
+from knowtune.study.keys import KeyOverlapConfig
 from knowtune.study.methods import CompareMethodsConfig
 from knowtune.train.config import TrainConfig
 
@@ -57,6 +58,7 @@ class StudyConfig(StageConfig):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     compare_methods: CompareMethodsConfig | None = None
+    key_overlap: KeyOverlapConfig | None = None
 
     @field_validator("train_variants")
     @classmethod
@@ -132,6 +134,8 @@ class StudyConfig(StageConfig):
         for section, keys in _SECTION_RUN_KEYS.items():
             for key in keys:
                 dump[section].pop(key, None)
+        if self.key_overlap is not None:
+            dump["key_overlap"] = self.key_overlap.comparable()
         return dump
 
 

@@ -8,6 +8,7 @@ Output layout (``out``)::
     variants/              ``knowtune curate`` output (variants.json and one folder per variant)
     runs/<variant>/        ``knowtune train`` output (metrics.jsonl: train fit, dev, test, OOD per epoch)
     runs/methods/<method>/ the ``compare_methods:`` runs (a method that equals a trained variant reuses its run)
+    keys/                  the ``key_overlap:`` experiment (one folder per cell, summary.json)
     analysis.json          ES/CONV, linear model, Table 2, IDK table, findings (+ provenance)
 
 Each stage stores a key (a hash of its settings and inputs) in ``study.json`` and is skipped
@@ -261,6 +262,28 @@ class Study:
 
         return self._stage("compare", key, done, work)
 
+    def keys(self) -> str:
+        """The key-overlap experiment of ``key_overlap:`` (Kaplan, Gekhman et al. 2026); it skips finished cells itself."""
+        from knowtune.study.keys import SUMMARY_FILE, run_key_overlap
+
+        config = self.config.key_overlap
+        key = config_hash(config.comparable())
+        done = (self.out / "keys" / SUMMARY_FILE).is_file()
+
+        def work() -> dict[str, Any]:
+            summary = run_key_overlap(config, self.out / "keys", log=lambda line: self.log(f"[keys] {line}"))
+            return {"cells": len(summary["rows"])}
+
+        return self._stage("keys", key, done, work)
+
+    def key_overlap(self) -> dict[str, Any] | None:
+        """The key-overlap summary (rows and finding), or None without a ``key_overlap:`` section."""
+        from knowtune.study.keys import SUMMARY_FILE
+
+        if self.config.key_overlap is None:
+            return None
+        return json.loads((self.out / "keys" / SUMMARY_FILE).read_text(encoding="utf-8"))
+
     def method_runs(self) -> list[Any]:
         """The compared methods' runs, as :func:`knowtune.study.methods.compare` takes them."""
         from knowtune.study.methods import MethodRun
@@ -281,7 +304,9 @@ class Study:
 
         runs = self.runs()
         method_runs = self.method_runs()
-        key = config_hash({"variants": {run.name: run.metrics for run in runs}, "methods": {r.method: r.metrics for r in method_runs}})
+        keys = self.key_overlap()
+        key = config_hash({"variants": {run.name: run.metrics for run in runs}, "methods": {r.method: r.metrics for r in method_runs},
+                           "keys": keys and keys["rows"]})
         done = (self.out / ANALYSIS_FILE).is_file()
 
         def work() -> dict[str, Any]:
@@ -289,6 +314,11 @@ class Study:
             if method_runs:
                 analysis["methods"] = compare(method_runs, self.config.compare_methods.held_out)
                 analysis["findings"] += method_findings(analysis["methods"])
+            if keys is not None:
+                from knowtune.study.keys import namelike_keys_forget_more
+
+                analysis["key_overlap"] = {"rows": keys["rows"], "seconds": keys.get("seconds")}
+                analysis["findings"].append(namelike_keys_forget_more(keys["rows"]))
             analysis["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
                                                 model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
             atomic_write_json(self.out / ANALYSIS_FILE, analysis)
@@ -363,6 +393,8 @@ def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
     stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train()}
     if config.compare_methods is not None:
         stages["compare"] = study.compare()
+    if config.key_overlap is not None:
+        stages["keys"] = study.keys()
     stages["analyse"] = study.analyse()
     analysis = json.loads((study.out / ANALYSIS_FILE).read_text(encoding="utf-8"))
     return {"out": str(study.out), "stages": stages, "analysis": analysis}
