@@ -106,3 +106,14 @@ def test_attention_only_finding_needs_little_forgetting_and_few_new_facts():
     assert attention_only_preserves(compare([sft, run("attention_only", [0, 0.5, 0.9], [0, 0.9, 0.9])]))["holds"] is False
     assert attention_only_preserves(compare([sft, run("attention_only", [0, 0.05, 0.1], [0, 0.7, 0.65])]))["holds"] is False
     assert attention_only_preserves(compare([sft]))["holds"] is None
+
+
+def test_findings_count_forgetting_beyond_the_known_only_run():
+    sft = run("sft", [0, 0.5, 1.0], [0, 0.8, 0.5])            # forgets 50 at CONV
+    att = run("attention_only", [0, 0.05, 0.1], [0, 0.8, 0.7])  # forgets 30 at CONV: 60% of SFT's raw forgetting
+    assert attention_only_preserves(compare([sft, att]))["holds"] is False
+    known_only = run("filtered", [None, None, None], [0, 0.85, 0.8])  # forgets 20: the format's reach, not the new facts
+    result = attention_only_preserves(compare([sft, att, known_only]))
+    assert result["holds"] is True and "beyond the Known-only run" in result["detail"]  # 10 lost against SFT's 30
+    sd = run("selfdistill", [0, 0.5, 1.0], [0, 0.8, 0.7])
+    assert selfdistill_reduces_forgetting(compare([sft, sd, known_only]))["value"] == pytest.approx(30.0 / 10.0)
