@@ -21,7 +21,7 @@ def _log(line: str) -> None:
 
 def print_findings(findings: list[dict[str, Any]]) -> None:
     """One line per finding (verdict, name, value), its detail indented below."""
-    console.print("findings (Gekhman et al. 2024):", highlight=False)
+    console.print("findings:", highlight=False)
     for f in findings:
         verdict = {True: "[green]holds[/]        ", False: "[red]does not hold[/]", None: "[yellow]not tested[/]   "}[f["holds"]]
         value = "-" if f["value"] is None else f"{f['value']:.2f}"
