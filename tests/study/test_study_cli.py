@@ -253,3 +253,17 @@ def test_keys_command_runs_the_experiment_alone(tmp_path):
     config.write_text(yaml.safe_dump({**mini_key_overlap([10]), "sizez": [5]}))
     code, _, err = run("keys", "--config", config, "--out", tmp_path / "other")
     assert code == 2 and "sizez" in err and not (tmp_path / "other").exists()
+
+
+def test_the_methods_demo_config_compares_every_method_and_runs_the_key_experiment():
+    from knowtune.study.config import METHODS_CONFIG
+    from knowtune.study.methods import METHODS
+
+    config = load_config(StudyConfig, demo_config_path(METHODS_CONFIG)).resolved()
+    assert (config.model, config.data) == ("default", "embedded")
+    assert config.compare_methods is not None and config.compare_methods.methods == list(METHODS)
+    x = config.compare_methods.mixture
+    assert {f"D_{x}", f"D_IDK_{x}"} == set(config.train_variants)  # the sft and idk runs are reused by the comparison
+    assert config.compare_methods.train_config("selfdistill", config.train).method == "selfdistill"
+    assert config.key_overlap is not None and {"name", "random"} <= set(config.key_overlap.key_types)
+    assert config.train.drift is not None
