@@ -41,3 +41,19 @@ def table_row(out: str, name: str) -> list[str]:
         if cells and cells[0] == name:
             return cells[1:]
     raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+class SimulatedCrash(Exception):
+    """Raised by :class:`CrashAfterSave`: training stops the way a kill after a checkpoint would."""
+
+
+def crash_after_save(epoch: int):
+    """A ``TrainerCallback`` that raises :class:`SimulatedCrash` once the checkpoint of ``epoch`` is saved (resume tests)."""
+    from transformers import TrainerCallback
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if round(state.epoch) == epoch:
+                raise SimulatedCrash(f"stopped after the checkpoint of epoch {epoch}")
+
+    return CrashAfterSave()

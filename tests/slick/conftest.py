@@ -5,18 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from slick_tinyworld import make_model, make_world
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    """One torch thread: faster on a shared 2-core machine and bit-for-bit repeatable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

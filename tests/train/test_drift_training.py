@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import TrainerCallback
 
 from knowtune.drift import cosine_drift, entity_states
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.models import load_model_and_tokenizer
-from knowtune.testing import tiny_world
+from knowtune.testing import SimulatedCrash, crash_after_save, tiny_world
 from knowtune.train.config import TrainConfig
 from knowtune.train.sft import train_model
 
@@ -56,19 +55,9 @@ def test_every_record_has_drift_from_the_base_model(drift_run, tiny_pretrained):
     assert [line["drift/cosine"] for line in lines] == [r["drift/cosine"] for r in records]
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if round(state.epoch) == 2:
-            raise _Crash
-
-
 def test_resume_measures_drift_from_the_base_model_not_the_checkpoint(drift_run, tiny_pretrained, tmp_path):
-    with pytest.raises(_Crash):
-        _run(TrainConfig(**FAST), tiny_pretrained, tmp_path, callbacks=[_CrashAfterSave()])
+    with pytest.raises(SimulatedCrash):
+        _run(TrainConfig(**FAST), tiny_pretrained, tmp_path, callbacks=[crash_after_save(2)])
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # epochs 0-2
     resumed = _run(TrainConfig(**FAST), tiny_pretrained, tmp_path)
     assert [r["epoch"] for r in resumed.metrics] == [0, 1, 2, 3]

@@ -12,15 +12,6 @@ from knowtune.errors import ConfigError
 from knowtune.train.freezing import PRESETS, set_trainable
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine spin at every barrier: ~2 s per tiny step.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_llama(**overrides) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -16,7 +16,7 @@ from knowtune.models import load_model_and_tokenizer
 from knowtune.train.config import TrainConfig
 from knowtune.train.callbacks import EpochEvalCallback
 from knowtune.train.sft import SFTCollator, apply_dropout, build_sft_rows, build_trainer, train_model
-from knowtune.testing import tiny_world
+from knowtune.testing import SimulatedCrash, crash_after_save, tiny_world
 
 IDK = "I don't know"
 # Fast settings: batch 1 and lr 5e-3 teach the constant "I don't know" answer within 3 epochs.
@@ -144,21 +144,11 @@ def test_same_seed_gives_identical_metrics(sft_run, tiny_pretrained, tmp_path):
     assert _numbers(again.metrics) == _numbers(sft_run.metrics)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if round(state.epoch) == 2:
-            raise _Crash
-
-
 def test_resume_continues_from_the_last_checkpoint(sft_run, tiny_pretrained, tmp_path):
     train, dev, test, categories = _data()
     args = (TrainConfig(**FAST), tiny_pretrained, train, dev, test)
-    with pytest.raises(_Crash):
-        train_model(*args, categories=categories, out_dir=tmp_path, callbacks=[_CrashAfterSave()], log=lambda _: None)
+    with pytest.raises(SimulatedCrash):
+        train_model(*args, categories=categories, out_dir=tmp_path, callbacks=[crash_after_save(2)], log=lambda _: None)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert not (tmp_path / "provenance.json").exists()
     lines = []
