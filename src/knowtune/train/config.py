@@ -42,10 +42,17 @@ class SelfDistillSettings(SelfDistillationConfig):
     teacher: str = "format_stage"
     format_stage_epochs: int = Field(1, ge=1)
     student_from_format_stage: bool = True
+    cache_teacher: bool = False
+
+    @model_validator(mode="after")
+    def _cache_needs_top_k(self) -> "SelfDistillSettings":
+        if self.cache_teacher and self.top_k is None:
+            raise ValueError("cache_teacher stores the teacher's top-k log-probs: set top_k too (e.g. top_k: 32)")
+        return self
 
     def loss_config(self) -> SelfDistillationConfig:
         """The loss settings alone, as :class:`SelfDistillationTrainer` takes them."""
-        return SelfDistillationConfig(**self.model_dump(exclude={"teacher", "format_stage_epochs", "student_from_format_stage"}))
+        return SelfDistillationConfig(**self.model_dump(exclude={"teacher", "format_stage_epochs", "student_from_format_stage", "cache_teacher"}))
 
 
 class DriftSettings(StageConfig):
@@ -133,6 +140,16 @@ class TrainConfig(StageConfig):
     @classmethod
     def _reporters(cls, value: list[str]) -> list[str]:
         return [] if value in (["none"], ["None"]) else value
+
+    @model_validator(mode="after")
+    def _cache_settings(self) -> "TrainConfig":
+        if self.method == "selfdistill" and self.selfdistill.cache_teacher:
+            if self.selfdistill.teacher == "base" and self.lora is not None:
+                raise ValueError("selfdistill.cache_teacher needs a teacher model; with LoRA and teacher: base the teacher is the "
+                                 "adapter-disabled student, which costs no memory: leave cache_teacher off")
+            if self.padding_side != "right":
+                raise ValueError("selfdistill.cache_teacher pads batches on the right: set padding_side: right")
+        return self
 
     @model_validator(mode="after")
     def _needs_evaluation(self) -> "TrainConfig":

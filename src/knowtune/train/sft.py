@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from knowtune.slick.categories import KNOWN
 from knowtune.train.callbacks import METRICS_FILE, DriftTracker, EpochEvalCallback, read_metrics, save_model_dir, select_drift_examples
 from knowtune.train.config import TrainConfig
 
-_RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE)
+_RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE, "teacher_topk.safetensors")
 _RUN_DIRS = ("checkpoints", "model", "adapter", "best", "teacher", "format_stage", "runs")
 
 
@@ -164,7 +165,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from knowtune.train.selfdistill import SelfDistillationTrainer
+    from knowtune.train.selfdistill import TEACHER_TOPK_LOGPROBS, SelfDistillationTrainer, TeacherTopKCollator
 
     method = method or config.method
     args = TrainingArguments(
@@ -176,7 +177,9 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
         data_seed=config.seed, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    common = dict(model=model, args=args, train_dataset=list(rows), data_collator=SFTCollator(pad_id, config.padding_side),
+    cached = bool(rows) and TEACHER_TOPK_LOGPROBS in rows[0]
+    collator = TeacherTopKCollator(pad_id) if cached else SFTCollator(pad_id, config.padding_side)
+    common = dict(model=model, args=args, train_dataset=list(rows), data_collator=collator,
                   processing_class=tokenizer, callbacks=list(callbacks))
     if method == "selfdistill":
         trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
@@ -291,6 +294,26 @@ def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, lo
     return teacher, student
 
 
+def _with_cached_teacher(config: TrainConfig, teacher, tokenizer, rows, out_dir: Path, log) -> list[dict[str, Any]]:
+    """``rows`` with the teacher's top-k log-probs (``selfdistill.cache_teacher``), computed once into
+    ``OUT/teacher_topk.safetensors`` and read back on resume; the live teacher is then not needed."""
+    from knowtune.train.selfdistill import CACHE_FILE, load_teacher_topk, precompute_teacher_topk, save_teacher_topk, with_teacher_topk
+
+    settings = config.selfdistill
+    if (out_dir / CACHE_FILE).is_file():
+        log(f"teacher cache: reusing {out_dir / CACHE_FILE}")
+        cache = load_teacher_topk(out_dir)
+    else:
+        start = time.monotonic()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        device = "cpu" if _use_cpu(config) else "cuda"
+        cache = precompute_teacher_topk(teacher.to(device), rows, settings.top_k, config.eval_batch_size,
+                                        temperature=settings.temperature, pad_token_id=pad_id)
+        save_teacher_topk(cache, out_dir)
+        log(f"teacher cache: top-{settings.top_k} log-probs of {len(rows)} rows in {time.monotonic() - start:.1f} s ({out_dir / CACHE_FILE})")
+    return with_teacher_topk(rows, cache, settings.loss_config())
+
+
 def train_model(
     config: TrainConfig,
     model_spec: str | Path,
@@ -342,6 +365,8 @@ def train_model(
         max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
         best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, log=log,
     )
+    if config.method == "selfdistill" and config.selfdistill.cache_teacher:
+        rows, teacher = _with_cached_teacher(config, teacher, tokenizer, rows, out_dir, log), None
     checkpoints = out_dir / "checkpoints"
     trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks], teacher=teacher)
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
