@@ -125,7 +125,9 @@ def methods_section(methods: Mapping[str, Any] | None, figures: Mapping[str, byt
     intro = (f"<p>One mixture, several ways to fine-tune on it. New facts: Unknown training facts fitted. Held-out: test facts of "
              f"category {held}, never trained on; the base model answers all of them (few-shot, greedy), so forgetting = "
              "100 &minus; held-out accuracy. Paper (Qwen2.5-1.5B): forgetting about 15 points with SFT, about 3 with "
-             "self-distillation; attention only learns 1% of new facts and keeps 93% held-out.</p>")
+             "self-distillation; attention only learns 1% of new facts and keeps 93% held-out. The base model answers few-shot and the "
+             "fine-tuned one zero-shot, so even the Known-only run (Unknown filtered) forgets what the learned format does not reach: "
+             "the method findings count forgetting beyond it, as the paper reads its table against its Known-only row.</p>")
     table = _table(["method", "trained on", "read at (epoch)", "new facts %", f"held-out {held} %", "forgetting", "test EM", "answered %", "drift"], rows, left=3)
     return (intro + table + _figure(figures, "method_dynamics", "per-method dynamics")
             + _figure(figures, "forgetting_against_learning", "forgetting against new-fact learning"))
