@@ -65,3 +65,11 @@ def test_data_fingerprint_follows_the_content(tmp_path):
     path = next(Path(tmp_path / "b").rglob("*.jsonl"))
     path.write_text(path.read_text().replace("?", "!", 1))
     assert data_fingerprint(tmp_path / "b") != first
+
+
+def test_the_key_overlap_section_takes_the_study_seed_and_workers_unless_it_sets_its_own():
+    config = StudyConfig.model_validate({"workers": 1, "seed": 3, "key_overlap": {}}).resolved()
+    assert (config.key_overlap.workers, config.key_overlap.seed) == (1, 3)
+    config = StudyConfig.model_validate({"workers": 1, "seed": 3, "key_overlap": {"workers": 2, "seed": 0}}).resolved()
+    assert (config.key_overlap.workers, config.key_overlap.seed) == (2, 0)
+    assert StudyConfig.model_validate({"workers": 1, "seed": 3}).resolved().key_overlap is None

@@ -98,8 +98,15 @@ class StudyConfig(StageConfig):
         return self
 
     def resolved(self) -> "StudyConfig":
-        """The config with the top-level ``seed`` and ``device`` copied into every section that did not set its own."""
+        """The config with the top-level ``seed`` and ``device`` copied into every section that did not set its own
+        (``seed`` and ``workers`` into ``key_overlap``)."""
         updates: dict[str, Any] = {}
+        keys = self.key_overlap
+        if keys is not None:
+            values = {"workers": self.workers} if "workers" not in keys.model_fields_set else {}
+            if self.seed is not None and "seed" not in keys.model_fields_set:
+                values["seed"] = self.seed
+            updates["key_overlap"] = keys.model_copy(update=values)
         for section in ("annotate", "curate", "train"):
             block = getattr(self, section)
             values = {}
