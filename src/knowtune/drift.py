@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.evaluate import DEFAULT_TEMPLATE, PromptFormat
+from knowtune.models import pad_token_id
 
 #: ``hidden_states`` index read by default: the last layer (see the module docstring).
 DEFAULT_LAYER = -1
@@ -106,7 +107,7 @@ def entity_states(model, tokenizer, examples: Sequence[QAExample], *, layer: int
     prompt_format = PromptFormat(template=template)
     prompts = [prompt_format.render(ex.question) for ex in examples]
     positions = subject_token_positions(tokenizer, prompts, [ex.subject for ex in examples])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     chunks = []

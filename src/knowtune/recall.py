@@ -17,6 +17,7 @@ import torch
 
 from knowtune.data.schema import QAExample
 from knowtune.matching import extract_answer, is_correct
+from knowtune.models import pad_token_id
 
 #: Upper bounds (inclusive) of the exposure buckets, by corpus occurrences of the gold object.
 DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 40), (41, 10**9))
@@ -55,7 +56,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], *, batch_size: int = 64
     """
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     stop_ids = newline_token_ids(tokenizer)
     answers = []
     try:

@@ -97,41 +97,40 @@ def _categories(annotations: Path | None, examples: list[QAExample]) -> dict[str
     return load_categories(annotations) if annotations is not None else metadata_categories(examples)
 
 
-def _with_lora(settings, lora: bool | None, lora_r: int | None):
-    """Apply --lora/--no-lora and --lora-r on top of the config's ``lora`` block."""
+def _with_block(settings, block: str, cls, enabled: bool | None, field: str, value, *, fix: str):
+    """Apply ``--<block>/--no-<block>`` and ``--<block>-<field>`` (which implies the block) on top of
+    the config's ``block`` mapping, validated with ``cls``."""
     from pydantic import ValidationError
 
+    flag = f"--{block}-{field.replace('_', '-')}"
+    if enabled is False:
+        if value is not None:
+            raise ConfigError(f"--no-{block} and {flag} contradict each other", fix="drop one of them")
+        return settings.model_copy(update={block: None})
+    if not enabled and value is None:
+        return settings
+    current = getattr(settings, block)
+    values = current.model_dump() if current is not None else {}
+    if value is not None:
+        values[field] = value
+    try:
+        return settings.model_copy(update={block: cls.model_validate(values)})
+    except ValidationError as error:
+        raise ConfigError(f"{flag}: {error.errors()[0]['msg']} (got {value})", fix=fix) from None
+
+
+def _with_lora(settings, lora: bool | None, lora_r: int | None):
+    """Apply --lora/--no-lora and --lora-r on top of the config's ``lora`` block."""
     from knowtune.train.config import LoraSettings
 
-    if lora is False:
-        if lora_r is not None:
-            raise ConfigError("--no-lora and --lora-r contradict each other", fix="drop one of them")
-        return settings.model_copy(update={"lora": None})
-    if not lora and lora_r is None:
-        return settings
-    values = settings.lora.model_dump() if settings.lora is not None else {}
-    if lora_r is not None:
-        values["r"] = lora_r
-    try:
-        return settings.model_copy(update={"lora": LoraSettings.model_validate(values)})
-    except ValidationError as error:
-        raise ConfigError(f"--lora-r: {error.errors()[0]['msg']} (got {lora_r})", fix="pass a rank >= 1") from None
+    return _with_block(settings, "lora", LoraSettings, lora, "r", lora_r, fix="pass a rank >= 1")
 
 
 def _with_drift(settings, drift: bool | None, drift_layer: int | None):
     """Apply --drift/--no-drift and --drift-layer on top of the config's ``drift`` block."""
     from knowtune.train.config import DriftSettings
 
-    if drift is False:
-        if drift_layer is not None:
-            raise ConfigError("--no-drift and --drift-layer contradict each other", fix="drop one of them")
-        return settings.model_copy(update={"drift": None})
-    if not drift and drift_layer is None:
-        return settings
-    values = settings.drift.model_dump() if settings.drift is not None else {}
-    if drift_layer is not None:
-        values["layer"] = drift_layer
-    return settings.model_copy(update={"drift": DriftSettings.model_validate(values)})
+    return _with_block(settings, "drift", DriftSettings, drift, "layer", drift_layer, fix="pass a hidden_states index, e.g. -1")
 
 
 def _summary_table(result) -> Table:

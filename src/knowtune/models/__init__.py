@@ -60,6 +60,11 @@ def fingerprint_of(spec: str | Path) -> str:
     return model_fingerprint(directory)
 
 
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id: many causal LMs ship without a pad token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def load_model_and_tokenizer(spec: str | Path, *, device: str = "cpu", dtype=None):
     """``(model, tokenizer)`` in eval mode; a clear error if either cannot be loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

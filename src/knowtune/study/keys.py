@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +50,7 @@ from knowtune.drift import DEFAULT_LAYER
 from knowtune.errors import KnowtuneError
 from knowtune.pretrain import PretrainConfig
 from knowtune.provenance import config_hash
+from knowtune.study.workers import process_pool, single_thread, stderr_log
 from knowtune.train.config import TrainConfig
 from knowtune.world.corpus import CorpusConfig
 from knowtune.world.synthetic import CATALOGUE, KeyType, SyntheticRelation, SyntheticWorldConfig
@@ -202,7 +200,7 @@ def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log =
     else:
         log(f"{len(jobs)} cells, {config.workers} at a time in parallel single-threaded processes (largest worlds first)")
         order = sorted(range(len(jobs)), key=lambda i: -cells[i][1])
-        with ProcessPoolExecutor(max_workers=config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with process_pool(config.workers) as pool:
             done = dict(zip(order, pool.map(_run_job_in_process, [jobs[i] for i in order])))
         rows = [done[i] for i in range(len(jobs))]
     summary = {"config": config.comparable(), "rows": rows, "finding": namelike_keys_forget_more(rows),
@@ -221,10 +219,8 @@ def _run_job(job: tuple[dict[str, Any], str], log: Log) -> dict[str, Any]:
 
 
 def _run_job_in_process(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    return _run_job(job, lambda line: print(line, file=sys.stderr, flush=True))
+    single_thread()
+    return _run_job(job, stderr_log())
 
 
 def _check_cell_dir(cell_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:

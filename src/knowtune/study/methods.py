@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from knowtune.config import StageConfig
+from knowtune.study.analysis import pct, select_epochs
 from knowtune.train.config import LoraSettings, TrainConfig
 
 Method = Literal["sft", "sft_es", "filtered", "idk", "selfdistill", "attention_only", "lora"]
@@ -125,30 +126,24 @@ class MethodRun:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _pct(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
-
-
 def measures(record: Mapping[str, Any], method: str, held_out: str = "HighlyKnown") -> dict[str, Any]:
     """The comparison's measures at one evaluation record (percent; None where they do not apply)."""
     held = record.get(f"test/exact_match/{held_out}")
     learns_facts = method not in ("filtered", "idk") and record.get("train/n/Unknown")
     return {
         "epoch": record["epoch"],
-        "new_facts": _pct(record.get("train/exact_match/Unknown")) if learns_facts else None,
-        "held_out": _pct(held),
+        "new_facts": pct(record.get("train/exact_match/Unknown")) if learns_facts else None,
+        "held_out": pct(held),
         "forgetting": None if held is None else 100.0 - 100.0 * held,
-        "test": _pct(record.get("test/exact_match")),
-        "answer_rate": _pct(record.get("test/answer_rate")),
-        "accuracy_answered": _pct(record.get("test/accuracy_answered")),
+        "test": pct(record.get("test/exact_match")),
+        "answer_rate": pct(record.get("test/answer_rate")),
+        "accuracy_answered": pct(record.get("test/accuracy_answered")),
         "drift": record.get("drift/cosine"),
     }
 
 
 def judged_epoch(run: MethodRun) -> int:
     """CONVERGENCE (the last epoch), or EARLY_STOP (best dev exact match, epoch >= 1) for ``sft_es``."""
-    from knowtune.study.analysis import select_epochs
-
     es, conv = select_epochs(run.metrics)
     return es if run.read == "es" and es is not None else conv
 

@@ -23,20 +23,23 @@ from knowtune.errors import KnowtuneError
 Log = Callable[[str], None]
 
 
-def _stderr(prefix: str) -> Log:
+def stderr_log(prefix: str = "") -> Log:
+    """A log that prints each line (after ``prefix``) to stderr: worker processes' progress."""
     def log(line: str) -> None:
-        print(f"{prefix} {line}", file=sys.stderr, flush=True)
+        print(f"{prefix} {line}" if prefix else line, file=sys.stderr, flush=True)
 
     return log
 
 
-def _single_thread() -> None:
+def single_thread() -> None:
+    """One torch thread in this process (tiny models run fastest so, and workers do not contend)."""
     import torch
 
     torch.set_num_threads(1)
 
 
-def _executor(workers: int) -> ProcessPoolExecutor:
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes started with ``spawn`` (no forked torch state)."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
@@ -53,9 +56,9 @@ def _annotate_shard(settings: dict[str, Any]) -> dict[str, Any]:
     from knowtune.slick.annotate import run_annotate
     from knowtune.slick.protocol import AnnotateConfig
 
-    _single_thread()
+    single_thread()
     config = AnnotateConfig.model_validate(settings)
-    return run_annotate(config, on_batch=annotate_progress(_stderr(""), f"annotate {config.shard}"))
+    return run_annotate(config, on_batch=annotate_progress(stderr_log(), f"annotate {config.shard}"))
 
 
 def annotate(config, out: Path, workers: int, log: Log) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def annotate(config, out: Path, workers: int, log: Log) -> dict[str, Any]:
     shard_dirs = [out.parent / f"{out.name}-shards" / f"{i}-of-{workers}" for i in range(workers)]
     settings = [config.model_copy(update={"shard": f"{i}/{workers}", "out": str(d)}).model_dump(mode="json") for i, d in enumerate(shard_dirs)]
     log(f"[annotate] {workers} shards in parallel processes ({shard_dirs[0].parent})")
-    with _executor(workers) as pool:
+    with process_pool(workers) as pool:
         summaries = list(pool.map(_annotate_shard, settings))
     incomplete = [str(d) for d, s in zip(shard_dirs, summaries) if not s.get("complete")]
     if incomplete:
@@ -88,8 +91,8 @@ def train_variant(settings: dict[str, Any], model: str, examples: Sequence[QAExa
 
 def _train_job(job: tuple) -> str:
     settings, model, examples, splits, categories, run_dir, name = job
-    _single_thread()
-    train_variant(settings, model, examples, splits, categories, run_dir, _stderr(f"[train] {name}:"))
+    single_thread()
+    train_variant(settings, model, examples, splits, categories, run_dir, stderr_log(f"[train] {name}:"))
     return name
 
 
@@ -101,6 +104,6 @@ def train(jobs: Sequence[tuple], workers: int, log: Log, on_done: Callable[[str]
             on_done(name)
         return
     log(f"[train] {len(jobs)} runs, {workers} at a time in parallel processes")
-    with _executor(workers) as pool:
+    with process_pool(workers) as pool:
         for name in pool.map(_train_job, jobs):
             on_done(name)

@@ -34,6 +34,7 @@ from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.evaluate import PromptFormat
 from knowtune.io import atomic_write_json
+from knowtune.models import pad_token_id
 from knowtune.provenance import config_hash
 from knowtune.slick.categories import KNOWN
 from knowtune.train.callbacks import METRICS_FILE, DriftTracker, EpochEvalCallback, read_metrics, save_model_dir, select_drift_examples
@@ -176,7 +177,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
         report_to=config.report_to or "none", logging_dir=str(Path(output_dir).parent / "runs"), seed=config.seed,
         data_seed=config.seed, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config),
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     cached = bool(rows) and TEACHER_TOPK_LOGPROBS in rows[0]
     collator = TeacherTopKCollator(pad_id) if cached else SFTCollator(pad_id, config.padding_side)
     common = dict(model=model, args=args, train_dataset=list(rows), data_collator=collator,
@@ -305,7 +306,7 @@ def _with_cached_teacher(config: TrainConfig, teacher, tokenizer, rows, out_dir:
         cache = load_teacher_topk(out_dir)
     else:
         start = time.monotonic()
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = pad_token_id(tokenizer)
         device = "cpu" if _use_cpu(config) else "cuda"
         cache = precompute_teacher_topk(teacher.to(device), rows, settings.top_k, config.eval_batch_size,
                                         temperature=settings.temperature, pad_token_id=pad_id)
@@ -430,7 +431,7 @@ def _finish(config: TrainConfig, model, tokenizer, evaluator: EpochEvalCallback,
 
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(out_dir / "adapter")
-    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.generation_config.pad_token_id = pad_token_id(tokenizer)
     save_model_dir(model, tokenizer, out_dir / "model")
     stopper = evaluator.stopper
     metrics = read_metrics(out_dir / METRICS_FILE)
