@@ -267,3 +267,17 @@ def test_the_methods_demo_config_compares_every_method_and_runs_the_key_experime
     assert config.compare_methods.train_config("selfdistill", config.train).method == "selfdistill"
     assert config.key_overlap is not None and {"name", "random"} <= set(config.key_overlap.key_types)
     assert config.train.drift is not None
+
+
+def test_selfdistill_settings_sweep_judges_each_setting_like_the_finding(methods_study, capsys):
+    import importlib.util
+
+    out_dir, _, _ = methods_study
+    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[2] / "benchmarks" / "selfdistill_settings.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    sweep.main(["--study", str(out_dir), "--only", "paper", "tau1", "--workers", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"paper_ratio=\S+ methods_yaml_ratio=\S+", lines[-1]), lines[-1]
+    assert any(line.startswith("tau1 ") and "tau 1.0" in line for line in lines)
+    assert (out_dir / "selfdistill-settings" / "paper" / "provenance.json").is_file()
