@@ -57,3 +57,47 @@ def crash_after_save(epoch: int):
                 raise SimulatedCrash(f"stopped after the checkpoint of epoch {epoch}")
 
     return CrashAfterSave()
+
+
+# Tiny random-initialised models of many architecture families (the architecture matrix).
+# Each family: (config class name, config keyword arguments). Sizes are tiny (hidden 32,
+# 2 layers); ``initializer_range`` is large so that greedy answers depend on the prompt
+# (a small init answers the same whatever it is shown, which would test nothing).
+_TINY = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=512)
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", dict(_TINY, intermediate_size=64, num_key_value_heads=2)),
+    "mistral": ("MistralConfig", dict(_TINY, intermediate_size=64, num_key_value_heads=2, sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(_TINY, intermediate_size=64, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(_TINY, intermediate_size=64, num_key_value_heads=2, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(_TINY, intermediate_size=64, num_key_value_heads=2, head_dim=8, sliding_window=16)),
+    "phi3": ("Phi3Config", dict(_TINY, intermediate_size=64, num_key_value_heads=2)),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_layer=2, n_positions=512)),
+    "gpt_neox": ("GPTNeoXConfig", dict(_TINY, intermediate_size=64)),
+    "opt": ("OPTConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=512)),
+    "bloom": ("BloomConfig", dict(hidden_size=32, n_head=4, n_layer=2)),
+    "falcon": ("FalconConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, new_decoder_architecture=False, multi_query=True, alibi=False)),
+}
+
+
+def tiny_family_model(family: str, out_dir, *, seed: int = 0, initializer_range: float = 0.5, tokenizer_dir=None):
+    """Save a random-initialised causal LM of ``family`` (a key of :data:`FAMILIES`) with the
+    default model's tokenizer to ``out_dir``; returns the directory."""
+    from pathlib import Path
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from knowtune.models import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or default_model_dir())
+    config_class, kwargs = FAMILIES[family]
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
