@@ -77,7 +77,9 @@ def test_empty_files(write, content):
 def test_missing_path_unsupported_extension_and_empty_directory(tmp_path, write):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such file or directory"):
         load_examples(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match=r"data\.csv: unsupported extension '\.csv'"):
+    with pytest.raises(DataError, match=r"data\.txt: unsupported extension '\.txt'"):
+        load_examples(write("data.txt", "question,answers\n"))
+    with pytest.raises(DataError, match=r"data\.csv: the file holds no examples"):
         load_examples(write("data.csv", "question,answers\n"))
     (tmp_path / "folder" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match=r"folder: no data files found") as caught:

@@ -6,13 +6,17 @@ Accepted sources (:func:`load_examples`):
 - a ``.json`` file holding a JSON array of objects (or, like EntityQuestions' own files
   sometimes are, one object per line);
 - a ``.parquet`` file, one row per example (as written by :func:`save_examples`);
+- a ``.csv`` or ``.tsv`` file with a header row;
 - a ``datasets.Dataset``, or a ``datasets.DatasetDict`` whose keys are splits
-  (``validation`` is read as ``dev``);
+  (``validation`` is read as ``dev``), given as objects, as folders written by
+  ``save_to_disk``, or as ``hf:NAME[:CONFIG]`` (``datasets.load_dataset``, local cache only);
 - a directory in the EntityQuestions layout ``<dir>/{train,dev,test}/<relation>.<split>.json[l]``,
   where the file name gives each record's relation and split
   (``relation_query_templates.json`` beside the split folders is not data and is ignored).
 
-A record needs ``question`` (string) and ``answers`` (a string or a list of strings), and
+A record needs ``question`` (string) and ``answers`` (a string or a list of strings; a single
+``answer`` string also serves), or chat ``messages`` (:mod:`knowtune.data.formats`: the last
+user turn is the question, the assistant reply after it the answer), and
 may carry ``id``, ``relation``, ``split``, ``subject``, ``object`` and ``metadata`` (an
 object, or a JSON string holding one, as Parquet stores it); ``null`` counts as absent,
 and any other key is kept in ``metadata`` (an explicit ``metadata`` entry wins on a
@@ -40,6 +44,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from knowtune.data.formats import (HF_PREFIX, ChatFormatError, FieldMap, delimited_rows, is_saved_dataset, load_hub_dataset,
+                                   load_saved_dataset, normalise_record)
 from knowtune.data.schema import SPLITS, QAExample
 from knowtune.errors import DataError, KnowtuneError
 from knowtune.io import atomic_write_bytes, atomic_write_jsonl
@@ -48,7 +54,8 @@ _EQ_NAME = re.compile(r"(?P<relation>.+)\.(?P<split>train|dev|test)\.jsonl?")
 _KNOWN_KEYS = frozenset({"id", "relation", "question", "answers", "split", "subject", "object", "metadata"})
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _EXAMPLE = '{"question": "Where was Ada Lovelace born?", "answers": ["London"]}'
-_FORMATS = ".jsonl, .json (an array of objects) or .parquet, or an EntityQuestions folder <dir>/{train,dev,test}/<relation>.<split>.jsonl"
+_FORMATS = (".jsonl, .json (an array of objects), .parquet, .csv or .tsv, a `datasets` save_to_disk folder, hf:NAME (a cached "
+            "Hugging Face dataset), or an EntityQuestions folder <dir>/{train,dev,test}/<relation>.<split>.jsonl")
 
 _Row = tuple[int, "int | None", Any]  # (n for ids and messages, file line or None, record)
 
@@ -71,12 +78,19 @@ class _Origin:
         return f"{self.path}:{line}" if line is not None else f"{self.path} {self.unit} {n}"
 
 
-def load_examples(source: Any, *, split: str | None = None, relation: str | None = None) -> list[QAExample]:
+def load_examples(source: Any, *, split: str | None = None, relation: str | None = None,
+                  fields: FieldMap | dict[str, str | None] | None = None) -> list[QAExample]:
     """Load and validate QA examples from ``source`` (see the module docstring for formats).
 
     ``split`` is the default split of records that carry none, and with ``relation`` also
-    a filter: only matching examples are returned (possibly none).
+    a filter: only matching examples are returned (possibly none). ``fields`` names the
+    record keys that hold each field when they differ from knowtune's
+    (:class:`~knowtune.data.formats.FieldMap`).
     """
+    try:
+        field_map = FieldMap.of(fields)
+    except ValueError as error:
+        raise KnowtuneError(f"data fields: {error}", fix="map question, answers, answer, relation, split or id") from None
     if split is not None and split not in SPLITS:
         raise KnowtuneError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
     examples: list[QAExample] = []
@@ -84,7 +98,7 @@ def load_examples(source: Any, *, split: str | None = None, relation: str | None
     with _garbage_collection_paused():
         for origin, rows in _batches(source, split, relation):
             for n, line, record in rows:
-                example = _to_example(record, origin, n, line, split or "train")
+                example = _to_example(record, origin, n, line, split or "train", field_map)
                 if example.id in seen:
                     message = f"duplicate id {example.id!r}, first used at {seen[example.id]}"
                     raise origin.fail(n, line, message, fix="give every example a unique id, or drop the id fields to get generated ones")
@@ -142,8 +156,13 @@ def _batches(source: Any, split: str | None, relation: str | None) -> Iterator[t
         yield from _dataset_dict_batches(source)
     elif datasets is not None and isinstance(source, datasets.Dataset):
         yield _Origin("<datasets.Dataset>", "dataset", unit="row"), _numbered(source.to_list())
+    elif isinstance(source, (str, Path)) and str(source).startswith(HF_PREFIX):
+        yield from _batches(load_hub_dataset(str(source)), split, relation)
     elif isinstance(source, (str, Path)):
         path = Path(source)
+        if is_saved_dataset(path):
+            yield from _batches(load_saved_dataset(path), split, relation)
+            return
         if not path.exists():
             raise DataError(path, "no such file or directory", fix=f"check the path; expected {_FORMATS}")
         if path.is_dir():
@@ -190,6 +209,8 @@ def _file_rows(path: Path) -> tuple[str, list[_Row]]:
     """The records of one file, numbered by ``unit``: "line", "element" or "row"."""
     if path.suffix == ".parquet":
         unit, rows = "row", _parquet_rows(path)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        unit, rows = "line", delimited_rows(path, read_utf8(path))
     elif path.suffix in (".jsonl", ".json"):
         text = read_utf8(path)
         if text.lstrip().startswith("["):
@@ -273,15 +294,24 @@ def _parquet_bytes(records: list[dict[str, Any]]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _to_example(record: Any, origin: _Origin, n: int, line: int | None, default_split: str) -> QAExample:
+def _to_example(record: Any, origin: _Origin, n: int, line: int | None, default_split: str,
+                field_map: FieldMap = FieldMap()) -> QAExample:
     """Validate one record and fill in the defaults described in the module docstring."""
     if not isinstance(record, dict):
         fix = f"write each example as an object, e.g. {_EXAMPLE}"
         raise origin.fail(n, line, f"expected a JSON object, got {_kind(record)}", fix=fix)
+    raw_keys = sorted(record)
+    try:
+        record = normalise_record(record, field_map)
+    except ChatFormatError as error:
+        raise origin.fail(n, line, f"chat record: {error}",
+                          fix='write {"messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A}]}') from None
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         message = _bad_field("question", question, "a non-empty string")
-        raise origin.fail(n, line, message, fix=f"every example needs a question, e.g. {_EXAMPLE}")
+        raise origin.fail(n, line, message, fix=_mapping_fix("question", field_map.question, raw_keys))
+    if record.get("answers") is None:
+        raise origin.fail(n, line, "missing 'answers' (or 'answer')", fix=_mapping_fix("answer", field_map.answers, raw_keys))
     fields = {"question": question, "answers": _answers(record.get("answers"), origin, n, line)}
     if len(record) > 2 or origin.relation is None:  # the fast path above suits bare EntityQuestions records
         fields.update(_optional_fields(record, origin, n, line, default_split))
@@ -292,6 +322,14 @@ def _to_example(record: Any, origin: _Origin, n: int, line: int | None, default_
     except ValidationError as error:  # a schema rule the checks above do not cover
         first = error.errors()[0]
         raise origin.fail(n, line, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _mapping_fix(field: str, key: str, keys: list[str]) -> str:
+    """The fix for a record without ``field``: name the keys it has and the mapping option."""
+    if key in keys or not keys:
+        return f"every example needs a {field}, e.g. {_EXAMPLE}"
+    return (f"the record has keys {', '.join(keys)}: name the one holding the {field} with --{field}-field KEY "
+            f"(config key data_fields.{field}), or write records such as {_EXAMPLE} or chat 'messages'")
 
 
 def _optional_fields(record: dict, origin: _Origin, n: int, line: int | None, default_split: str) -> dict[str, Any]:
