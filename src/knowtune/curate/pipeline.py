@@ -158,7 +158,9 @@ def counts(examples: Sequence[AnnotatedExample]) -> dict[str, Any]:
 
 
 def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateConfig, source: dict[str, Any]) -> dict[str, Any]:
-    """Write each variant's ``train.jsonl`` and ``manifest.json``, ``config.yaml`` and the index; return the index."""
+    """Write each variant's ``train.jsonl``, its chat exports (:mod:`knowtune.curate.export`) and
+    ``manifest.json``, then ``config.yaml`` and the index; return the index."""
+    from knowtune.curate.export import write_chat_exports
     from knowtune.io import atomic_write_json, atomic_write_jsonl
     from knowtune.provenance import provenance
 
@@ -171,12 +173,13 @@ def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateC
     prepared = [(v, [e.to_record() for e in v.examples], _manifest(v, config, settings, source, record)) for v in variants]
     for variant, records, manifest in prepared:
         atomic_write_jsonl(out / variant.name / "train.jsonl", records)
+        write_chat_exports(variant.examples, out / variant.name)
         atomic_write_json(out / variant.name / "manifest.json", manifest)
     save_config(config, out / "config.yaml")
     index = {
         "variants": [
             {"name": v.name, "kind": v.kind, "size": len(v.examples), "unknown_share": m["counts"]["unknown_share"],
-             "train": f"{v.name}/train.jsonl", "manifest": f"{v.name}/manifest.json", "description": v.description}
+             "train": f"{v.name}/train.jsonl", "chat": f"{v.name}/chat.jsonl", "chat_parquet": f"{v.name}/chat.parquet", "manifest": f"{v.name}/manifest.json", "description": v.description}
             for v, _, m in prepared
         ],
         "seed": config.seed, "source": source, "config": settings, "provenance": record,
