@@ -8,3 +8,4 @@ from knowtune.cli import world  # noqa: F401
 from knowtune.cli import train  # noqa: F401
 from knowtune.cli import evaluate  # noqa: F401
 from knowtune.cli import study  # noqa: F401
+from knowtune.cli import diff  # noqa: F401

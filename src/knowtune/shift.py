@@ -1,0 +1,145 @@
+"""Knowledge shift: what a fine-tune did to the model's knowledge, from two SliCK audits.
+
+Audit the same questions with the base model (BEFORE) and with the fine-tuned model
+(AFTER), under one protocol; each example then moves from one SliCK category to another
+(Gekhman et al., EMNLP 2024, section 3). The transition matrix M[b][a] counts the examples
+in category b before and a after. Read from it:
+
+- **lost**: Known before (HighlyKnown, MaybeKnown or WeaklyKnown), Unknown after;
+- **learned**: Unknown before, Known after;
+- **degraded** / **improved**: moved to a lower / higher category (HighlyKnown > MaybeKnown
+  > WeaklyKnown > Unknown), which includes lost / learned.
+
+Given the fine-tuning set, the examples split into **trained** (their id is in it) and
+**held out**: a fine-tune that teaches new facts should move trained Unknown examples to
+Known, and the papers' warning is about the held-out Known ones that it moves down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from knowtune.errors import KnowtuneError
+from knowtune.slick.categories import CATEGORIES, KNOWN
+
+RANK = {category: rank for rank, category in enumerate(reversed(CATEGORIES))}  # Unknown 0 .. HighlyKnown 3
+SHIFT_FILE = "shift.json"
+
+
+def load_audit(directory: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(records by id, protocol.json) of a finished ``knowtune annotate`` output directory."""
+    directory = Path(directory)
+    fix = "pass the --out directory of a finished `knowtune annotate` run"
+    records_path, protocol_path, summary_path = (directory / n for n in ("annotations.jsonl", "protocol.json", "summary.json"))
+    for path in (records_path, protocol_path, summary_path):
+        if not path.is_file():
+            raise KnowtuneError(f"{path}: not found ({directory} is not a finished audit)", fix=fix)
+    if not json.loads(summary_path.read_text(encoding="utf-8")).get("complete", False):
+        raise KnowtuneError(f"{summary_path}: the audit is unfinished (complete: false)", fix="rerun the same `knowtune annotate` command to finish it")
+    records: dict[str, dict[str, Any]] = {}
+    for line_no, line in enumerate(records_path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+                records[record["id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise KnowtuneError(f"{records_path}:{line_no}: not an annotation record", fix=fix) from None
+    return records, json.loads(protocol_path.read_text(encoding="utf-8"))
+
+
+def transition_block(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The transition matrix of (before, after) category pairs and the counts read from it."""
+    matrix = {b: {a: 0 for a in CATEGORIES} for b in CATEGORIES}
+    for before, after in pairs:
+        matrix[before][after] += 1
+    cells = [(b, a, n) for b, row in matrix.items() for a, n in row.items()]
+    total = sum(n for _, _, n in cells)
+    known_before = sum(n for b, _, n in cells if b in KNOWN)
+    unknown_before = total - known_before
+    lost = sum(n for b, a, n in cells if b in KNOWN and a == "Unknown")
+    learned = sum(n for b, a, n in cells if b == "Unknown" and a in KNOWN)
+    return {
+        "examples": total, "matrix": matrix,
+        "lost": lost, "learned": learned,
+        "lost_share_of_known": lost / known_before if known_before else 0.0,
+        "learned_share_of_unknown": learned / unknown_before if unknown_before else 0.0,
+        "degraded": sum(n for b, a, n in cells if RANK[a] < RANK[b]),
+        "improved": sum(n for b, a, n in cells if RANK[a] > RANK[b]),
+        "unchanged": sum(n for b, a, n in cells if a == b),
+        "known_before": known_before, "known_after": sum(n for _, a, n in cells if a in KNOWN),
+    }
+
+
+def knowledge_shift(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                    trained_ids: set[str] | None = None) -> dict[str, Any]:
+    """Transition matrices overall, per relation, per split and (with ``trained_ids``) for
+    trained vs held-out examples, over the ids both audits share."""
+    common = [i for i in before if i in after]
+    if not common:
+        raise KnowtuneError("the two audits share no example ids", fix="audit the same dataset (same ids) with both models")
+    changed = [i for i in common if before[i].get("question") != after[i].get("question")]
+    if changed:
+        raise KnowtuneError(f"example {changed[0]!r} has different questions in the two audits ({len(changed)} such ids)",
+                            fix="audit the same dataset with both models")
+    pairs = {i: (before[i]["category"], after[i]["category"]) for i in common}
+
+    def grouped(key) -> dict[str, dict[str, Any]]:
+        groups: dict[str, list[str]] = {}
+        for i in common:
+            groups.setdefault(key(i), []).append(i)
+        return {name: transition_block(pairs[i] for i in ids) for name, ids in sorted(groups.items())}
+
+    shift = {
+        "overall": transition_block(pairs.values()),
+        "per_relation": grouped(lambda i: before[i]["relation"]),
+        "per_split": grouped(lambda i: before[i]["split"]),
+        "only_before": len(before) - len(common), "only_after": len(after) - len(common),
+    }
+    if trained_ids is not None:
+        shift["per_training"] = grouped(lambda i: "trained" if i in trained_ids else "held_out")
+        shift["trained_ids_in_audit"] = sum(i in trained_ids for i in common)
+    return shift
+
+
+def protocol_differences(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two audit protocols (``protocol.json["protocol"]``)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            out.append(prefix)
+
+    walk(first, second, "")
+    return [key for key in out if key != "knowtune_version"]
+
+
+def plot_shift(shift: Mapping[str, Any], path: str | Path) -> None:
+    """Heat maps of the transition matrix: overall, and trained / held out when known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("all examples", shift["overall"])] + [(name.replace("_", " "), block) for name, block in shift.get("per_training", {}).items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    short = ["HK", "MK", "WK", "Unk"]
+    for ax, (title, block) in zip(axes[0], panels):
+        grid = [[block["matrix"][b][a] for a in CATEGORIES] for b in CATEGORIES]
+        ax.imshow(grid, cmap="Blues")
+        for r, row in enumerate(grid):
+            for c, n in enumerate(row):
+                ax.text(c, r, str(n), ha="center", va="center", color="black")
+        ax.set_xticks(range(4), short)
+        ax.set_yticks(range(4), short)
+        ax.set_xlabel("after fine-tuning")
+        ax.set_ylabel("before (base model)")
+        ax.set_title(f"{title}: {block['lost']} lost, {block['learned']} learned", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
