@@ -86,8 +86,39 @@ def test_presets_pick_gpt2_and_neox_modules():
     )
     attention = set_trainable(neox, ["attention"]).trainable_names
     assert set(attention) == {f"gpt_neox.layers.0.attention.{m}.{p}" for m in ("query_key_value", "dense") for p in ("weight", "bias")}
-    assert set_trainable(neox, ["lm_head"]).trainable_names == ("embed_out.weight",)
+    # The head is ``embed_out`` in transformers 4.x and ``lm_head`` in 5.x: the preset finds either.
+    head = next(name for name, module in neox.named_modules() if module is neox.get_output_embeddings())
+    assert head in ("embed_out", "lm_head")
+    assert set_trainable(neox, ["lm_head"]).trainable_names == (f"{head}.weight",)
     assert set_trainable(neox, ["embeddings"]).trainable_names == ("gpt_neox.embed_in.weight",)
+    assert set(set_trainable(gpt2, ["embeddings"]).trainable_names) == {"transformer.wte.weight", "transformer.wpe.weight"}
+
+
+def test_presets_follow_structure_not_names():
+    """An attention module under an unusual attribute name, and an OPT-style feed-forward
+    directly in the block (``fc1``/``fc2``, no ``.mlp.``), are still found."""
+    model = _tiny_llama()
+    block = model.model.layers[0]
+    block.mixer = block.self_attn
+    del block.self_attn
+    block.fc1, block.fc2 = block.mlp.up_proj, block.mlp.down_proj
+    del block.mlp
+    attention = set(set_trainable(model, ["attention"]).trainable_names)
+    assert {n for n in attention if "layers.0." in n} == {f"model.layers.0.mixer.{m}_proj.weight" for m in "qkvo"}
+    mlp = set(set_trainable(model, ["mlp"]).trainable_names)
+    assert {n for n in mlp if "layers.0." in n} == {"model.layers.0.fc1.weight", "model.layers.0.fc2.weight"}
+    assert {n for n in mlp if "layers.1." in n} == {f"model.layers.1.mlp.{m}_proj.weight" for m in ("gate", "up", "down")}
+
+
+def test_presets_under_peft_select_base_weights_and_their_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    attention = set(set_trainable(model, ["attention"]).trainable_names)
+    assert attention and all(".self_attn." in n for n in attention)
+    assert any("lora_A" in n for n in attention) and any(n.endswith("q_proj.base_layer.weight") for n in attention)
+    assert set_trainable(model, ["lm_head"]).trainable_names == ("base_model.model.lm_head.weight",)
+    assert set(set_trainable(model, ["lora_"]).trainable_names) == {n for n, _ in model.named_parameters() if "lora_" in n}
 
 
 def test_tied_lm_head_trains_the_embeddings_and_is_reported():
