@@ -58,7 +58,7 @@ class Timer:
 
     def __str__(self) -> str:
         return f"{self.wall:8.2f} s wall {self.cpu:8.2f} s cpu"
-from knowtune.slick.loading import load_model, resolve_model_dir
+from knowtune.models import load
 from knowtune.slick.prompts import PromptBuilder
 from knowtune.slick.protocol import AnnotateConfig
 
@@ -101,7 +101,7 @@ def benchmark_data(source: str | None, split: str, n: int, pick: str, tmp: Path)
 def naive(config: AnnotateConfig) -> tuple[Timer, dict[str, list[str]]]:
     """Time and greedy answers per example id of the batch-1 ``model.generate`` baseline."""
     plan = plan_audit(config, "float32")
-    model, tokenizer = load_model(resolve_model_dir(config.model), "cpu", "float32")
+    model, tokenizer = load(config.model, "cpu", "float32")
     builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
                             query_template=config.query_template, chat_template=config.chat_template)
     vocab = model.get_output_embeddings().weight.shape[0]

@@ -94,13 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def benchmark_rows(tokenizer, n: int) -> list[dict]:
     """SFT rows of the first ``n`` train examples of the embedded world (cycled if fewer)."""
-    from knowtune.evaluate import PromptFormat
     from knowtune.train.sft import build_sft_rows
     from knowtune.world.embedded import load_embedded_world
 
     train = [e for e in load_embedded_world().examples if e.split == "train"]
     examples = [train[i % len(train)] for i in range(n)]
-    return build_sft_rows(examples, tokenizer, PromptFormat())
+    return build_sft_rows(examples, tokenizer)
 
 
 def make_trainer(method: str, base, tokenizer, rows, cache, args, device: str, out: Path):
@@ -137,7 +136,7 @@ def summary(name: str, cpu: list[float], wall: list[float], sft_cpu: float, sft_
 def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
-    from knowtune.models import load_model_and_tokenizer
+    from knowtune.models import load
     from knowtune.train.selfdistill import precompute_teacher_topk
 
     args = parse_args(argv)
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device == "cuda"
-    base, tokenizer = load_model_and_tokenizer(args.model, device=device)
+    base, tokenizer = load(args.model, device=device, dtype="float32")
     rows = benchmark_rows(tokenizer, (args.warmup + args.steps) * args.batch_size)
     answer_tokens = sum(sum(label != -100 for label in row["labels"]) for row in rows) / len(rows)
     print(f"model={args.model} params={sum(p.numel() for p in base.parameters()):,} device={device} threads={torch.get_num_threads()} "

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from knowtune.drift import DEFAULT_LAYER, cosine_drift, entity_states, subject_token_positions
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.evaluate import PromptFormat
-from knowtune.models import load_model_and_tokenizer
+from knowtune.models import load
 from knowtune.testing import tiny_world
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_pretrained):
-    return load_model_and_tokenizer(tiny_pretrained)
+    return load(tiny_pretrained)
 
 
 @pytest.fixture(scope="module")

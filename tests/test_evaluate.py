@@ -9,8 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
 from knowtune.evaluate import PromptFormat, evaluate_examples, flat_metrics, load_categories, metadata_categories, score_predictions
-from knowtune.models import load_model_and_tokenizer
-from knowtune.testing import tiny_world
+from knowtune.models import load
+from knowtune.task import DEFAULT_TASK
+from knowtune.testing import run_cli, tiny_world
 
 
 def _ex(i: int, answer: str, relation: str = "P1", split: str = "test") -> QAExample:
@@ -92,14 +93,15 @@ def test_prompt_formats():
 def test_batched_generation_matches_one_by_one(tiny_pretrained):
     # A randomly initialised Llama answers every prompt differently (the pretrained one starts
     # every answer with a newline), so a padding error would show in the answers.
-    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    _, tokenizer = load(tiny_pretrained)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     model = LlamaForCausalLM(config)
     model.train()
     examples = tiny_world().split("test")[:6]
-    batched = evaluate_examples(model, tokenizer, examples, batch_size=6, max_new_tokens=6)
-    single = evaluate_examples(model, tokenizer, examples, batch_size=1, max_new_tokens=6)
+    task = DEFAULT_TASK.updated(max_new_tokens=6)
+    batched = evaluate_examples(model, tokenizer, examples, task=task, batch_size=6)
+    single = evaluate_examples(model, tokenizer, examples, task=task, batch_size=1)
     assert [p.prediction for p in batched.predictions] == [p.prediction for p in single.predictions]
     assert len({p.prediction for p in batched.predictions}) > 3
     assert model.training and tokenizer.padding_side == "right"  # both restored
@@ -115,3 +117,37 @@ def test_load_categories(tmp_path):
         load_categories(tmp_path / "missing")
     curated = [_ex(0, "a").model_copy(update={"metadata": {"category": "WeaklyKnown"}}), _ex(1, "b")]
     assert metadata_categories(curated) == {"q0": "WeaklyKnown"} and metadata_categories([_ex(1, "b")]) is None
+
+
+def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(capsys, tiny_pretrained, tmp_path):
+    import yaml
+
+    from knowtune.data import save_examples
+    from knowtune.evaluate import EvalConfig
+
+    world = tiny_world()
+    save_examples(list(world.examples), tmp_path / "data.jsonl")
+    (tmp_path / "task.yaml").write_text("generation:\n  max_new_tokens: 5\nfinetune:\n  idk_phrase: Unsure\n")
+    settings = {"model": str(tiny_pretrained), "data": str(tmp_path / "data.jsonl"), "split": "dev", "annotations": None,
+                "out": str(tmp_path / "eval"), "task": str(tmp_path / "task.yaml"),
+                "prompt": {"kind": "fewshot", "template": "Q: {question}\n", "shots": 2, "seed": 3},
+                "idk_phrase": "No idea", "batch_size": 7, "max_new_tokens": 9, "limit": 4, "device": "cpu", "dtype": "float32"}
+    assert set(settings) == set(EvalConfig.model_fields)  # the YAML below sets every key
+    (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(settings))
+    code, _, err = run_cli(capsys, "evaluate", "--config", tmp_path / "evaluate.yaml", "--shots", "3", "--dtype", "bfloat16")
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())
+    assert saved == {**settings, "prompt": {**settings["prompt"], "shots": 3}, "dtype": "bfloat16"}
+    task = yaml.safe_load((tmp_path / "eval" / "task.yaml").read_text())
+    # the task file's keys, overridden by the evaluate keys that were set (YAML or flags)
+    assert task["generation"]["max_new_tokens"] == 9 and task["finetune"]["idk_phrase"] == "No idea"
+    assert task["fewshot"]["k"] == 3 and task["finetune"]["template"] == "Q: {question}\n"
+    metrics = yaml.safe_load((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 4 and metrics["provenance"]["config"]["dtype"] == "bfloat16"
+
+
+def test_evaluate_cli_errors(capsys, tiny_pretrained, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_pretrained)
+    assert code == 2 and "no dataset given" in err
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_pretrained, "--data", "embedded", "--device", "tpu")
+    assert code == 2 and "device" in err

@@ -16,10 +16,12 @@ An empty generation is "answered" (it is not the abstention phrase) and wrong. R
 an empty group are ``None``. The scoring (:func:`score_predictions`) is a pure function of
 the predictions; :func:`evaluate_examples` adds the batched greedy generation.
 
-Prompts (:class:`PromptFormat`): ``finetuned`` renders the fine-tuning input
-``Answer the following question. <question>\\n`` (configurable ``template``); ``fewshot``
+Prompts, their encoding, the stop rule and the answer normalisation come from the task spec
+(:mod:`knowtune.task`), the same object ``annotate`` and ``train`` use: ``finetuned``
+renders the fine-tuning input ``Answer the following question. <question>\\n``; ``fewshot``
 renders SliCK's 4-shot ``Q: ... / A: ...`` prompt for base models, exemplars drawn once per
-relation from the dev split with ``seed`` (:func:`knowtune.recall.exemplar_sets`).
+relation from the dev split with ``seed``
+(:func:`knowtune.slick.exemplars.draw_one_set_per_relation`).
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
 from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, is_correct, normalize_answer
 from knowtune.slick.categories import CATEGORIES, KNOWN
+from knowtune.task import DEFAULT_IDK, DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec, resolve_task
 
-DEFAULT_TEMPLATE = "Answer the following question. {question}\n"
-DEFAULT_IDK = "I don't know"
 ANNOTATIONS_FILE = "annotations.jsonl"
 #: Group name of HighlyKnown + MaybeKnown + WeaklyKnown in ``per_category``.
 KNOWN_GROUP = "Known"
@@ -47,11 +48,12 @@ GROUPS: tuple[str, ...] = (*CATEGORIES, KNOWN_GROUP)
 
 
 class PromptFormat(StageConfig):
-    """How a question becomes a prompt: the fine-tuning template or SliCK's few-shot prompt.
+    """Which prompt ``knowtune evaluate`` shows: the fine-tuning template or SliCK's few-shot prompt.
 
-    ``template`` must contain ``{question}`` (replaced literally, so other braces are text).
-    ``shots`` and ``seed`` apply to ``fewshot`` only: ``shots`` exemplars of the question's
-    relation, drawn once per relation from the exemplar pool (the dev split).
+    ``template`` (the task's ``finetune.template``) must contain ``{question}`` (replaced
+    literally, so other braces are text). ``shots`` (the task's ``fewshot.k``) and ``seed``
+    apply to ``fewshot`` only: ``shots`` exemplars of the question's relation, drawn once per
+    relation from the exemplar pool (the dev split).
     """
 
     kind: Literal["finetuned", "fewshot"] = "finetuned"
@@ -66,28 +68,38 @@ class PromptFormat(StageConfig):
             raise ValueError("the prompt template must contain {question}, e.g. 'Answer the following question. {question}\\n'")
         return value
 
+    def task(self, base: TaskSpec = DEFAULT_TASK) -> TaskSpec:
+        """``base`` with this format's template and shots."""
+        return base.updated(prompt_template=self.template, k=self.shots)
+
     def render(self, question: str) -> str:
-        """The fine-tuning prompt of ``question``."""
-        return self.template.replace("{question}", question)
+        """The fine-tuning prompt text of ``question`` (no chat template)."""
+        return self.task().prompts(None).finetune(question)
 
     def prompts(self, examples: Sequence[QAExample], exemplar_pool: Sequence[QAExample] = ()) -> list[str]:
-        """One prompt per example; ``fewshot`` needs ``exemplar_pool`` (dev examples of the same relations)."""
-        if self.kind == "finetuned":
-            return [self.render(ex.question) for ex in examples]
-        from knowtune.recall import exemplar_sets, few_shot_prompt
+        """One prompt text per example (no chat template); ``fewshot`` needs ``exemplar_pool``."""
+        return evaluation_prompts(None, examples, self.task(), fewshot=self.kind == "fewshot", seed=self.seed, exemplar_pool=exemplar_pool)
 
-        sets = exemplar_sets(list(exemplar_pool), self.shots, self.seed)
-        short = sorted({ex.relation for ex in examples if len(sets.get(ex.relation, [])) < self.shots})
-        if short:
-            raise ConfigError(
-                f"few-shot prompts need {self.shots} exemplars per relation from the dev split; too few for {', '.join(short)}",
-                fix="add dev examples of these relations, lower shots, or use the finetuned prompt format",
-            )
-        prompts = []
-        for ex in examples:
-            shots = [shot for shot in sets[ex.relation] if shot.id != ex.id][: self.shots]
-            prompts.append(few_shot_prompt(shots, ex.question))
-        return prompts
+
+def evaluation_prompts(tokenizer, examples: Sequence[QAExample], task: TaskSpec, *, fewshot: bool = False, seed: int = 0,
+                       exemplar_pool: Sequence[QAExample] = ()) -> list[str]:
+    """One prompt per example: the task's fine-tuning prompt, or (``fewshot``) its k-shot prompt
+    with exemplars of the same relation from ``exemplar_pool`` (one seeded draw per relation)."""
+    if not fewshot:
+        prompts = task.prompts(tokenizer)
+        return [prompts.finetune(ex.question) for ex in examples]
+    from knowtune.recall import few_shot_prompts
+    from knowtune.slick.exemplars import draw_one_set_per_relation
+
+    k = task.fewshot.k
+    sets = draw_one_set_per_relation(list(exemplar_pool), k, seed)
+    short = sorted({ex.relation for ex in examples if len(sets.get(ex.relation, [])) < k})
+    if short:
+        raise ConfigError(
+            f"few-shot prompts need {k} exemplars per relation from the {task.fewshot.exemplars_from} split; too few for {', '.join(short)}",
+            fix="add exemplar examples of these relations, lower shots, or use the finetuned prompt format",
+        )
+    return few_shot_prompts(tokenizer, list(examples), list(exemplar_pool), task=task, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -214,29 +226,29 @@ def evaluate_examples(
     tokenizer,
     examples: Sequence[QAExample],
     *,
-    categories: Mapping[str, str] | None = None,
-    idk_phrase: str = DEFAULT_IDK,
-    batch_size: int = 64,
-    prompt_format: PromptFormat | None = None,
+    task: TaskSpec = DEFAULT_TASK,
+    fewshot: bool = False,
+    seed: int = 0,
     exemplar_pool: Sequence[QAExample] = (),
-    max_new_tokens: int = 24,
-    match: MatchConfig = DEFAULT_MATCH,
+    categories: Mapping[str, str] | None = None,
+    batch_size: int = 64,
 ) -> EvalResult:
     """Greedy answers to ``examples`` (batched, left-padded ``generate``), scored by exact match.
 
+    Prompts, their token ids, the stop rule, the abstention phrase and the normalisation are
+    those of ``task`` (:func:`evaluation_prompts`, :func:`knowtune.recall.greedy_answers`).
     The model is put in eval mode for the generation and returned to its previous mode.
     """
     from knowtune.recall import greedy_answers
 
-    prompt_format = prompt_format or PromptFormat()
-    prompts = prompt_format.prompts(examples, exemplar_pool)
+    prompts = evaluation_prompts(tokenizer, examples, task, fewshot=fewshot, seed=seed, exemplar_pool=exemplar_pool)
     was_training = model.training
     model.eval()
     try:
-        answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens) if prompts else []
+        answers = greedy_answers(model, tokenizer, prompts, task=task, batch_size=batch_size) if prompts else []
     finally:
         model.train(was_training)
-    return score_predictions(examples, answers, categories=categories, idk_phrase=idk_phrase, match=match)
+    return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
 
 
 def flat_metrics(prefix: str, result: EvalResult) -> dict[str, float | int | None]:
@@ -258,14 +270,33 @@ def flat_metrics(prefix: str, result: EvalResult) -> dict[str, float | int | Non
 
 
 class EvalConfig(StageConfig):
-    """Settings of ``knowtune evaluate`` (stored in ``metrics.json``)."""
+    """Settings of ``knowtune evaluate`` (YAML keys = CLI flags; saved as ``config.yaml`` and in ``metrics.json``).
 
+    ``task`` names a task YAML file (:mod:`knowtune.task`); ``prompt.template``,
+    ``prompt.shots``, ``idk_phrase`` and ``max_new_tokens``, when set, override it.
+    """
+
+    model: str = "default"
+    data: str | None = None
     split: Literal["train", "dev", "test"] = "test"
+    annotations: str | None = None
+    out: str | None = None
+    task: str | None = None
     prompt: PromptFormat = Field(default_factory=PromptFormat)
     idk_phrase: str = DEFAULT_IDK
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     limit: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def task_spec(self) -> TaskSpec:
+        """The evaluation's task: the ``task`` file (if any) with this config's prompt keys on top."""
+        return resolve_task(self, EVAL_TASK_KEYS)
+
+
+#: Task keys of :class:`EvalConfig` -> their field paths.
+EVAL_TASK_KEYS = {"prompt_template": "prompt.template", "k": "prompt.shots", "idk_phrase": "idk_phrase", "max_new_tokens": "max_new_tokens"}
 
 
 def load_categories(path: str | Path) -> dict[str, str]:
@@ -298,14 +329,19 @@ def metadata_categories(examples: Sequence[QAExample]) -> dict[str, str] | None:
     return found or None
 
 
-def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, *, model: str, model_fingerprint: str | None, data: str) -> None:
-    """``metrics.json`` (metrics, config, provenance) and ``predictions.jsonl``, each written atomically."""
+def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, *, model_fingerprint: str | None, task: TaskSpec) -> None:
+    """``metrics.json`` (metrics, config, provenance), ``predictions.jsonl``, ``config.yaml`` and
+    ``task.yaml`` (:func:`knowtune.task.save_task`), each written atomically."""
+    from knowtune.config import save_config
     from knowtune.io import atomic_write_json, atomic_write_jsonl
     from knowtune.provenance import provenance
+    from knowtune.task import save_task
 
     out = Path(out)
     atomic_write_jsonl(out / "predictions.jsonl", [asdict(p) for p in result.predictions])
+    save_config(config, out / "config.yaml")
+    save_task(task, out)
     record = result.to_dict()
     record["provenance"] = provenance(config.model_dump(mode="json"), seed=config.prompt.seed, model_fingerprint=model_fingerprint,
-                                      model=model, data=data, match_version=MATCH_VERSION)
+                                      model=config.model, data=config.data, match_version=MATCH_VERSION, task_hash=task.hash())
     atomic_write_json(out / "metrics.json", record)

@@ -27,6 +27,6 @@ def tiny_model(tiny_world, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model):
     """(model, tokenizer) of the tiny model in fp32 on CPU."""
-    from knowtune.slick.loading import load_model
+    from knowtune.models import load
 
-    return load_model(tiny_model, "cpu", "float32")
+    return load(tiny_model, "cpu", "float32")

@@ -12,7 +12,7 @@ import torch
 from knowtune.errors import KnowtuneError
 from knowtune.slick.annotate import plan_audit
 from knowtune.slick.generation import GREEDY, HFBackend, Request, compact_prefills
-from knowtune.slick.loading import load_model
+from knowtune.models import load
 from knowtune.slick.sampling import gumbel_noise, row_key, sample_keys
 from knowtune.slick.protocol import stable_hash
 from knowtune.slick.prompts import PromptBuilder
@@ -181,7 +181,7 @@ def test_chat_template_requires_one():
 
 def test_bfloat16_runs_and_mostly_agrees_with_float32(tiny_model, tiny_world, tiny_loaded):
     model32, _ = tiny_loaded
-    model16, tokenizer = load_model(tiny_model, "cpu", "bfloat16")
+    model16, tokenizer = load(tiny_model, "cpu", "bfloat16")
     assert next(model16.parameters()).dtype == torch.bfloat16
     answers = []
     for model in (model32, model16):

@@ -11,13 +11,14 @@ from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, pa
 
 
 def _hash(**changes) -> str:
-    return protocol_hash(build_protocol(AnnotateConfig(**changes), {"r": []}, "float32"))
+    config = AnnotateConfig(**changes)
+    return protocol_hash(build_protocol(config, config.task_spec(), {"r": []}, "float32"))
 
 
 @pytest.mark.parametrize("change", [
     {"temperature": 0.7}, {"top_k": 20}, {"n_samples": 8}, {"n_ex": 5}, {"k": 3}, {"seed": 1}, {"max_new_tokens": 8},
     {"mode": "exact"}, {"query_template": "Question: {question}\nAnswer:"}, {"match": {"strip_articles": False}},
-    {"exemplars_from": "train"}, {"stop": "."},
+    {"exemplars_from": "train"}, {"stop": "."}, {"add_special_tokens": False}, {"chat_template": True},
 ])
 def test_every_protocol_field_changes_the_hash(change):
     assert _hash(**change) != _hash()
@@ -30,9 +31,28 @@ def test_run_settings_do_not_change_the_hash(change):
 
 def test_hash_covers_dtype_and_exemplars():
     config = AnnotateConfig()
-    base = protocol_hash(build_protocol(config, {"r": []}, "float32"))
-    assert protocol_hash(build_protocol(config, {"r": []}, "bfloat16")) != base
-    assert protocol_hash(build_protocol(config, {"r": [{"ids": ["a"]}]}, "float32")) != base
+    task = config.task_spec()
+    base = protocol_hash(build_protocol(config, task, {"r": []}, "float32"))
+    assert protocol_hash(build_protocol(config, task, {"r": []}, "bfloat16")) != base
+    assert protocol_hash(build_protocol(config, task, {"r": [{"ids": ["a"]}]}, "float32")) != base
+
+
+def test_the_default_protocol_record_is_that_of_protocol_v1():
+    # Stored audits are keyed by this record's hash: the task spec must not add keys to the default's.
+    protocol = build_protocol(AnnotateConfig(), AnnotateConfig().task_spec(), {}, "float32")
+    assert protocol["template"] == {"instruction": "", "exemplar": "Q: {question}\nA: {answer}\n", "query": "Q: {question}\nA:", "chat_template": False}
+    assert set(protocol) == {"protocol_version", "knowtune_version", "mode", "n_ex", "k", "exemplars_from", "seed", "template", "decoding",
+                             "match", "exemplar_sets"}
+    assert (protocol["decoding"]["stop"], protocol["decoding"]["max_new_tokens"], protocol["k"]) == ("\n", 24, 4)
+
+
+def test_a_task_file_sets_the_audit_prompt_and_keys_set_in_the_config_override_it(tmp_path):
+    (tmp_path / "task.yaml").write_text("fewshot:\n  k: 2\n  query_template: \"Question: {question}\\nAnswer:\"\ngeneration:\n  max_new_tokens: 9\n")
+    task = AnnotateConfig(task=str(tmp_path / "task.yaml"), max_new_tokens=12).task_spec()
+    assert (task.fewshot.k, task.fewshot.query_template, task.generation.max_new_tokens) == (2, "Question: {question}\nAnswer:", 12)
+    assert _hash(task=str(tmp_path / "task.yaml")) == _hash(k=2, query_template="Question: {question}\nAnswer:", max_new_tokens=9)
+    resolved = AnnotateConfig(task=str(tmp_path / "task.yaml")).resolved()
+    assert (resolved.k, resolved.max_new_tokens) == (2, 9)
 
 
 def test_templates_are_validated():

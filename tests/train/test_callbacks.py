@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
-from knowtune.models import load_model_and_tokenizer
+from knowtune.models import load
+from knowtune.task import DEFAULT_TASK
 from knowtune.errors import ConfigError
 from knowtune.train.callbacks import (DriftTracker, EarlyStopping, EpochEvalCallback, eval_subset, read_metrics, save_model_dir,
                                       select_drift_examples)
@@ -50,13 +51,13 @@ def test_eval_subset_is_a_seeded_sample_in_original_order():
 
 
 def test_epoch_zero_record_has_every_set_and_category(tiny_pretrained, tmp_path):
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    model, tokenizer = load(tiny_pretrained)
     world = tiny_world()
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 7}\n')  # a stale file is replaced at the start of training
     callback = EpochEvalCallback(
         tokenizer, metrics_path=path, train=world.split("train"), dev=world.split("dev"), test=world.split("test")[:6],
-        ood=world.split("test")[6:], categories=_categories(world), max_examples=8, max_new_tokens=4, log=lambda _: None,
+        ood=world.split("test")[6:], categories=_categories(world), max_examples=8, task=DEFAULT_TASK.updated(max_new_tokens=4), log=lambda _: None,
     )
     callback.on_train_begin(TrainingArguments(str(tmp_path)), TrainerState(), TrainerControl(), model=model)
     (record,) = read_metrics(path)
@@ -70,7 +71,7 @@ def test_epoch_zero_record_has_every_set_and_category(tiny_pretrained, tmp_path)
 
 
 def test_resume_keeps_lines_up_to_the_checkpoint_and_replays_early_stopping(tiny_pretrained, tmp_path):
-    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    _, tokenizer = load(tiny_pretrained)
     path = tmp_path / "metrics.jsonl"
     values = [0.0, 0.2, 0.5, 0.4, 0.6]  # epoch 4 was evaluated but its checkpoint never saved
     path.write_text("".join(json.dumps({"epoch": e, "dev/exact_match": v}) + "\n" for e, v in enumerate(values)))
@@ -81,9 +82,9 @@ def test_resume_keeps_lines_up_to_the_checkpoint_and_replays_early_stopping(tiny
 
 
 def test_stop_and_best_model_follow_dev_exact_match(tiny_pretrained, tmp_path):
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    model, tokenizer = load(tiny_pretrained)
     world = tiny_world()
-    callback = EpochEvalCallback(tokenizer, metrics_path=tmp_path / "metrics.jsonl", dev=world.split("dev"), max_new_tokens=4,
+    callback = EpochEvalCallback(tokenizer, metrics_path=tmp_path / "metrics.jsonl", dev=world.split("dev"), task=DEFAULT_TASK.updated(max_new_tokens=4),
                                  early_stopping_patience=1, best_dir=tmp_path / "best", log=lambda _: None)
     args, control = TrainingArguments(str(tmp_path), num_train_epochs=5), TrainerControl()
     callback.on_train_begin(args, TrainerState(), control, model=model)
@@ -100,7 +101,7 @@ def test_stop_and_best_model_follow_dev_exact_match(tiny_pretrained, tmp_path):
 def test_save_model_dir_replaces_the_directory_and_merges_lora(tiny_pretrained, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    model, tokenizer = load(tiny_pretrained)
     target = tmp_path / "best"
     target.mkdir()
     (target / "stale.bin").write_text("old")
@@ -129,7 +130,7 @@ def test_drift_examples_default_to_known_and_honour_groups_and_cap():
 
 
 def test_callback_writes_drift_from_the_tracker_reference(tiny_pretrained, tmp_path):
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    model, tokenizer = load(tiny_pretrained)
     world = tiny_world()
     test, categories = world.split("test"), _categories(world)
     tracker = DriftTracker.from_base(model, tokenizer, test, categories=categories, layer=1)

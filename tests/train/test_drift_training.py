@@ -9,7 +9,7 @@ import pytest
 
 from knowtune.drift import cosine_drift, entity_states
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.models import load_model_and_tokenizer
+from knowtune.models import load
 from knowtune.testing import SimulatedCrash, crash_after_save, tiny_world
 from knowtune.train.config import TrainConfig
 from knowtune.train.sft import train_model
@@ -47,8 +47,8 @@ def test_every_record_has_drift_from_the_base_model(drift_run, tiny_pretrained):
     # The last value is the drift of the saved model from the base model, recomputed here.
     _, test, categories = _data()
     known = [ex for ex in test if categories[ex.id] == "HighlyKnown"]
-    base, tokenizer = load_model_and_tokenizer(tiny_pretrained)
-    final, _ = load_model_and_tokenizer(drift_run.model_dir)
+    base, tokenizer = load(tiny_pretrained)
+    final, _ = load(drift_run.model_dir)
     expected = cosine_drift(entity_states(base, tokenizer, known, layer=2), entity_states(final, tokenizer, known, layer=2))
     assert records[-1]["drift/cosine"] == pytest.approx(expected, abs=1e-6)
     lines = [json.loads(line) for line in (drift_run.out_dir / "metrics.jsonl").read_text().splitlines()]

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.evaluate import PromptFormat, evaluate_examples
-from knowtune.models import load_model_and_tokenizer
+from knowtune.evaluate import evaluate_examples
+from knowtune.models import load
+from knowtune.task import DEFAULT_TASK
 from knowtune.train.config import TrainConfig
 from knowtune.train.callbacks import EpochEvalCallback
 from knowtune.train.sft import SFTCollator, apply_dropout, build_sft_rows, build_trainer, train_model
@@ -64,13 +65,12 @@ def sft_run(tiny_pretrained, tmp_path_factory):
 
 
 def test_labels_mask_exactly_the_prompt(tiny_pretrained):
-    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    _, tokenizer = load(tiny_pretrained)
     train, *_ = _data()
-    fmt = PromptFormat()
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     for terminator in ("newline", "eos"):
-        for ex, row in zip(train, build_sft_rows(train, tokenizer, fmt, terminator=terminator)):
-            n_prompt = len(tokenizer(fmt.render(ex.question), add_special_tokens=False)["input_ids"])
+        for ex, row in zip(train, build_sft_rows(train, tokenizer, terminator=terminator)):
+            n_prompt = len(tokenizer(DEFAULT_TASK.finetune.template.replace("{question}", ex.question))["input_ids"])
             labels, ids = row["labels"], row["input_ids"]
             assert labels[:n_prompt] == [-100] * n_prompt
             assert labels[n_prompt:] == ids[n_prompt:] and -100 not in labels[n_prompt:]
@@ -80,20 +80,20 @@ def test_labels_mask_exactly_the_prompt(tiny_pretrained):
 
 
 def test_answer_prefix_is_part_of_the_target(tiny_pretrained):
-    _, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    _, tokenizer = load(tiny_pretrained)
     train, *_ = _data()
-    fmt = PromptFormat(template="Answer the following question. {question}")
-    for ex, row in zip(train, build_sft_rows(train, tokenizer, fmt, answer_prefix=" ")):
-        n_prompt = len(tokenizer(fmt.render(ex.question), add_special_tokens=False)["input_ids"])
+    task = DEFAULT_TASK.updated(prompt_template="Answer the following question. {question}", answer_prefix=" ")
+    for ex, row in zip(train, build_sft_rows(train, tokenizer, task)):
+        n_prompt = len(tokenizer(f"Answer the following question. {ex.question}")["input_ids"])
         assert row["labels"][:n_prompt] == [-100] * n_prompt
         assert tokenizer.decode(row["input_ids"][n_prompt:]) == " " + ex.answers[0] + "\n"
         assert row["input_ids"][n_prompt:] == tokenizer(" " + ex.answers[0] + "\n", add_special_tokens=False)["input_ids"]
 
 
 def test_left_and_right_padding_give_the_same_logits(tiny_pretrained):
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
+    model, tokenizer = load(tiny_pretrained)
     train, *_ = _data()
-    rows = build_sft_rows(train[:3], tokenizer, PromptFormat())
+    rows = build_sft_rows(train[:3], tokenizer)
     right, left = SFTCollator(tokenizer.pad_token_id, "right")(rows), SFTCollator(tokenizer.pad_token_id, "left")(rows)
     assert right["labels"].shape == left["labels"].shape
     for batch in (right, left):
@@ -132,9 +132,9 @@ def test_training_fits_examples_and_logs_every_epoch(sft_run, tiny_pretrained):
     assert provenance["result"]["epochs_run"] == 4 and provenance["model_fingerprint"]
     assert (sft_run.out_dir / "config.yaml").is_file() and not (sft_run.out_dir / "checkpoints").exists()
     # The saved model is the trained one: it reproduces the last evaluation.
-    model, tokenizer = load_model_and_tokenizer(sft_run.model_dir)
+    model, tokenizer = load(sft_run.model_dir)
     train, _, _, categories = _data()
-    again = evaluate_examples(model, tokenizer, train, categories=categories, max_new_tokens=16)
+    again = evaluate_examples(model, tokenizer, train, task=DEFAULT_TASK.updated(max_new_tokens=16), categories=categories)
     assert again.per_category["Unknown"].exact_match == records[-1]["train/exact_match/Unknown"]
 
 
@@ -247,8 +247,8 @@ def test_cached_teacher_trains_like_the_live_one_and_is_reused_on_resume(tiny_pr
 
 
 def test_evaluation_callback_sits_between_distillation_metrics_and_reporters(tiny_pretrained, tmp_path):
-    model, tokenizer = load_model_and_tokenizer(tiny_pretrained)
-    rows = build_sft_rows(_data()[0][:2], tokenizer, PromptFormat())
+    model, tokenizer = load(tiny_pretrained)
+    rows = build_sft_rows(_data()[0][:2], tokenizer)
     evaluator = EpochEvalCallback(tokenizer, metrics_path=tmp_path / "m.jsonl")
     for method in ("sft", "selfdistill"):
         trainer = build_trainer(TrainConfig(method=method, selfdistill={"teacher": "base"}), model, tokenizer, rows, tmp_path,
@@ -284,7 +284,7 @@ def test_bad_settings_fail_before_anything_is_written(tiny_pretrained, tmp_path)
 
 
 def test_dropout_reaches_the_attention_modules(tiny_pretrained):
-    model, _ = load_model_and_tokenizer(tiny_pretrained)
+    model, _ = load(tiny_pretrained)
     apply_dropout(model, 0.5)
     assert model.config.attention_dropout == 0.5
     assert all(layer.self_attn.attention_dropout == 0.5 for layer in model.model.layers)

@@ -62,7 +62,7 @@ def recall_command(
 ) -> None:
     """4-shot greedy accuracy by pretraining-exposure bucket (needs exposures.jsonl beside the model)."""
     from knowtune.io import atomic_write_json
-    from knowtune.models import load_model_and_tokenizer, model_dir_of
+    from knowtune.models import load, model_dir_of
     from knowtune.pretrain import load_exposures
     from knowtune.provenance import model_fingerprint, provenance
     from knowtune.recall import accuracy_by_exposure, few_shot_recall
@@ -71,7 +71,7 @@ def recall_command(
     loaded = resolve_world(world)
     directory = model_dir_of(model)
     exposures = load_exposures(directory)
-    llm, tokenizer = load_model_and_tokenizer(model)
+    llm, tokenizer = load(model)
     facts = [ex for ex in loaded.examples if ex.id in exposures]
     results = few_shot_recall(llm, tokenizer, facts, loaded.split("dev"), seed=seed)
     rows = accuracy_by_exposure(results, exposures)

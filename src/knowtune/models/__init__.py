@@ -1,8 +1,14 @@
-"""Finding and loading models: the embedded default checkpoint, local dirs, hub ids.
+"""Finding and loading models: the one loader every stage uses.
 
 The default base model (a ~1.6M-parameter ``LlamaForCausalLM`` pretrained by
 ``knowtune pretrain`` on the embedded world) ships inside the package in
 ``knowtune/models/default/``; ``knowtune models default`` prints its directory.
+
+:func:`load` turns a model spec (``default``, a local directory written by
+``save_pretrained``, or a Hugging Face Hub id already in the local cache; knowtune never
+downloads) plus a device (``auto``/``cpu``/``cuda``) and a dtype (``auto``/``float32``/
+``bfloat16``/``float16``) into ``(model in eval mode, tokenizer)``. ``annotate``, ``train``
+(student and teacher), ``evaluate``, ``models recall`` and the study all load through it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from knowtune.errors import KnowtuneError
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 DEFAULT_ALIASES = ("default",)
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_SPEC_FIX = "pass --model default, a local directory written by save_pretrained, or a Hub id already in the local Hugging Face cache"
 
 
 def default_model_dir() -> Path:
@@ -50,14 +61,42 @@ def model_dir_of(spec: str | Path) -> Path | None:
         return None
 
 
+def resolve_model_dir(spec: str | Path) -> Path:
+    """The local directory of ``spec``; a hub id must already be in the local cache (offline)."""
+    directory = model_dir_of(spec)
+    if directory is None:
+        raise KnowtuneError(f"model {str(spec)!r} is neither a local directory nor in the local Hugging Face cache (knowtune never downloads)",
+                            fix=f"download it first (`huggingface-cli download {spec}`), or {_SPEC_FIX}")
+    return directory
+
+
 def fingerprint_of(spec: str | Path) -> str:
     """A content fingerprint of the model (see :func:`knowtune.provenance.model_fingerprint`)."""
     from knowtune.provenance import model_fingerprint
 
-    directory = model_dir_of(spec)
-    if directory is None:
-        raise KnowtuneError(f"model {spec!r} is neither a local directory nor in the local Hugging Face cache", fix="download it first, or pass a local directory")
-    return model_fingerprint(directory)
+    return model_fingerprint(resolve_model_dir(spec))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise KnowtuneError(f"device: {device!r} is not one of {', '.join(DEVICES)}", fix="use --device auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KnowtuneError("device: cuda was requested but no CUDA GPU is visible", fix="use --device cpu or --device auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> bfloat16 on CUDA, float32 on the CPU; other names are kept."""
+    if dtype not in DTYPES:
+        raise KnowtuneError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}", fix="use --dtype auto, float32, bfloat16 or float16")
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def pad_token_id(tokenizer) -> int:
@@ -65,14 +104,53 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def load_model_and_tokenizer(spec: str | Path, *, device: str = "cpu", dtype=None):
-    """``(model, tokenizer)`` in eval mode; a clear error if either cannot be loaded."""
+def _check_files(directory: Path, spec: str) -> None:
+    """Name what is missing from a model directory before transformers gives a less direct error."""
+    if not (directory / "config.json").is_file():
+        raise KnowtuneError(f"{directory}: not a Hugging Face model directory (no config.json)", fix=_SPEC_FIX)
+    if not any((directory / name).is_file() for name in _WEIGHT_FILES):
+        adapter = (directory / "adapter_config.json").is_file()
+        raise KnowtuneError(
+            f"model {spec!r} could not be loaded: {directory} has config.json but no weights ({' / '.join(_WEIGHT_FILES[::2])})",
+            fix="point --model at a train run's OUT/model (the merged model), not OUT/adapter" if adapter
+            else "save the model with model.save_pretrained(DIR), or pass the directory that holds its weights",
+        )
+    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {directory} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})",
+                            fix="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+
+
+def _dtype_kwargs(dtype: str) -> dict:
+    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
+    import torch
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: getattr(torch, dtype)}
+
+
+def load(spec: str | Path, device: str = "auto", dtype: str = "auto"):
+    """``(model, tokenizer)`` of the causal LM ``spec``, in eval mode on ``device`` in ``dtype``.
+
+    ``spec``: ``default``, a local directory, or a hub id already in the local cache.
+    ``device``: ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``. ``dtype``:
+    ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
+    Every failure is a :class:`KnowtuneError` that names the model and the fix.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    resolved = resolve_model(spec)
+    directory = resolve_model_dir(spec)
+    device = resolve_device(device)
+    _check_files(directory, str(spec))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModelForCausalLM.from_pretrained(resolved, torch_dtype=dtype)
-    except (OSError, ValueError, KeyError) as error:
-        raise KnowtuneError(f"cannot load model {spec!r}: {error}", fix="pass a local model directory, a hub id already in the local cache, or `default`") from None
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, ImportError ...: one message
+        raise KnowtuneError(f"model {str(spec)!r} could not be loaded: its tokenizer in {directory} fails to load: {type(error).__name__}: {error}",
+                            fix="save the model's own tokenizer beside it with tokenizer.save_pretrained(DIR)") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **_dtype_kwargs(resolve_dtype(dtype, device)))
+    except Exception as error:
+        raise KnowtuneError(f"model {str(spec)!r} could not be loaded as a causal language model: {type(error).__name__}: {error}",
+                            fix="point --model at a causal LM saved with save_pretrained (config.json, weights, tokenizer)") from None
     return model.to(device).eval(), tokenizer

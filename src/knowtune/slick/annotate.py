@@ -35,13 +35,13 @@ from knowtune.provenance import config_hash, model_fingerprint
 from knowtune.slick.categories import CATEGORIES, verdict
 from knowtune.slick.exemplars import ExemplarSet, draw_exemplar_sets
 from knowtune.slick.generation import GREEDY, HFBackend, Request, compact_prefills
-from knowtune.slick.prompts import PromptBuilder
-from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, parse_shard, protocol_hash, resolve_dtype, stable_hash
+from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, parse_shard, protocol_hash, stable_hash
 from knowtune.slick.pruning import pruner
 from knowtune.slick.results import check_out_dir, write_outputs
 from knowtune.slick.sampling import sample_keys
 from knowtune.slick.store import AnnotationStore, StoredRow
 from knowtune.slick.tokens import decode_batch
+from knowtune.task import Prompts, TaskSpec, save_task
 
 ProgressHook = Callable[[dict[str, Any]], None]
 
@@ -55,6 +55,7 @@ class AuditPlan:
     sets: dict[str, list[ExemplarSet]]
     protocol: dict[str, Any]
     protocol_hash: str
+    task: TaskSpec
 
 
 def example_hash(example: QAExample) -> str:
@@ -62,8 +63,8 @@ def example_hash(example: QAExample) -> str:
     return config_hash([example.relation, example.question, list(example.answers)])
 
 
-def load_audit_data(config: AnnotateConfig) -> tuple[list[QAExample], list[QAExample]]:
-    """(audited examples in dataset order, exemplar pool) from ``config.data``."""
+def load_audit_data(config: AnnotateConfig, exemplars_from: str) -> tuple[list[QAExample], list[QAExample]]:
+    """(audited examples in dataset order, exemplar pool of split ``exemplars_from``) from ``config.data``."""
     from knowtune.data import load_examples
     from knowtune.world.embedded import resolve_data_path
 
@@ -85,11 +86,11 @@ def load_audit_data(config: AnnotateConfig) -> tuple[list[QAExample], list[QAExa
         )
     if config.limit is not None:
         audited = audited[: config.limit]
-    pool = [e for e in examples if e.split == config.exemplars_from]
+    pool = [e for e in examples if e.split == exemplars_from]
     if not pool:
         splits = sorted({e.split for e in examples})
         raise KnowtuneError(
-            f"{config.data}: no {config.exemplars_from!r} split to draw few-shot exemplars from (splits present: {splits})",
+            f"{config.data}: no {exemplars_from!r} split to draw few-shot exemplars from (splits present: {splits})",
             fix="pass --exemplars-from train (the audited example is never its own exemplar), or add a dev split",
         )
     return audited, pool
@@ -97,24 +98,27 @@ def load_audit_data(config: AnnotateConfig) -> tuple[list[QAExample], list[QAExa
 
 def plan_audit(config: AnnotateConfig, dtype: str) -> AuditPlan:
     """Load the data, draw exemplar sets and fix the protocol (no model needed)."""
-    audited, pool = load_audit_data(config)
+    task = config.task_spec()
+    fewshot = task.fewshot
+    audited, pool = load_audit_data(config, fewshot.exemplars_from)
     relations = sorted({e.relation for e in audited})
-    sets = draw_exemplar_sets(pool, relations, n_ex=config.n_ex, k=config.k, seed=config.seed, source=config.exemplars_from)
-    protocol = build_protocol(config, {r: [s.to_record() for s in sets[r]] for r in relations}, dtype)
+    sets = draw_exemplar_sets(pool, relations, n_ex=config.n_ex, k=fewshot.k, seed=config.seed, source=fewshot.exemplars_from)
+    protocol = build_protocol(config, task, {r: [s.to_record() for s in sets[r]] for r in relations}, dtype)
     shard = parse_shard(config.shard) if config.shard else None
     mine = [(i, e) for i, e in enumerate(audited) if in_shard(e.id, shard)]
-    return AuditPlan(examples=mine, total=len(audited), sets=sets, protocol=protocol, protocol_hash=protocol_hash(protocol))
+    return AuditPlan(examples=mine, total=len(audited), sets=sets, protocol=protocol, protocol_hash=protocol_hash(protocol), task=task)
 
 
 def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None) -> dict[str, Any]:
     """Run (or resume) the audit described by ``config``; returns the summary written to ``summary.json``."""
-    from knowtune.slick.loading import load_model, resolve_device, resolve_model_dir
+    from knowtune.models import load, resolve_device, resolve_dtype, resolve_model_dir
 
     if not config.out:
         raise KnowtuneError("no output directory given", fix="pass --out DIR")
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config, device)
+    dtype = resolve_dtype(config.dtype, device)
     plan = plan_audit(config, dtype)
+    config = config.resolved()
     model_dir = resolve_model_dir(config.model)
     fingerprint = model_fingerprint(model_dir)
     out = Path(config.out)
@@ -122,17 +126,17 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
     with AnnotationStore(out / "annotations.sqlite") as store:
         done = store.done(fingerprint, plan.protocol_hash)
         pending = [(i, e) for i, e in plan.examples if done.get(e.id) != example_hash(e)]
-        model_and_tokenizer = load_model(model_dir, device, dtype) if pending else None  # fails before anything is written
+        model_and_tokenizer = load(model_dir, device, dtype) if pending else None  # fails before anything is written
         atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
         save_config(config, out / "config.yaml")
+        save_task(plan.task, out)
         store.set_meta({"shard": config.shard, "expected": len(plan.examples), "total": plan.total, "model": config.model})
         started = time.perf_counter()
         if model_and_tokenizer is not None:
             model, tokenizer = model_and_tokenizer
-            backend = HFBackend(model, tokenizer, stop=config.stop, max_new_tokens=config.max_new_tokens,
+            backend = HFBackend(model, tokenizer, stop=plan.task.generation.stop, max_new_tokens=plan.task.generation.max_new_tokens,
                                 temperature=config.temperature, top_k=config.top_k, batch_size=config.batch_size)
-            builder = PromptBuilder(tokenizer, instruction=config.instruction, exemplar_template=config.exemplar_template,
-                                    query_template=config.query_template, chat_template=config.chat_template)
+            builder = plan.task.prompts(tokenizer)
             _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
         wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}
         rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id, (None,))[0] == r.example_hash]
@@ -175,7 +179,7 @@ class _Prompts:
         return Request(self.prefix[j][s], self.ids[j][s], keys, prefill, self.alive[j])
 
 
-def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: PromptBuilder, sets: dict[str, list[ExemplarSet]],
+def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: Prompts, sets: dict[str, list[ExemplarSet]],
                    chunk: Sequence[tuple[int, QAExample]]) -> list[StoredRow]:
     """Audit one batch of examples: the prefixes of their relations go to the backend, then
     exact or lazy generation, then scoring."""
@@ -184,7 +188,7 @@ def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: PromptBu
     offset = {r: i * config.n_ex for i, r in enumerate(relations)}  # prefix index of (relation, set s): offset + s
     backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for r in relations for s in sets[r]]))
     n_ex = config.n_ex
-    encoded = builder.encode([builder.prompt(s.for_example(e.id), e.question) for e in examples for s in sets[e.relation]])
+    encoded = builder.encode([builder.fewshot(s.for_example(e.id), e.question) for e in examples for s in sets[e.relation]])
     prompts = _Prompts(
         ids=[[tuple(ids) for ids in encoded[j * n_ex:(j + 1) * n_ex]] for j in range(len(examples))],
         prefix=[[offset[e.relation] + s for s in range(n_ex)] for e in examples],

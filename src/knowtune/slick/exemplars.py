@@ -74,3 +74,20 @@ def _shortage_fix(source: str, k: int) -> str:
         return ("add dev examples for this relation, use --exemplars-from train (the audited example is never its own "
                 "exemplar), lower --k, or leave the relation out with --relations")
     return f"add {source} examples for this relation, lower --k (now {k}), or leave the relation out with --relations"
+
+
+def draw_one_set_per_relation(pool: Sequence[QAExample], k: int, seed: int) -> dict[str, list[QAExample]]:
+    """One seeded draw of ``k + 1`` exemplars per relation of ``pool`` (fewer when a relation
+    has fewer), used by ``models recall`` and ``evaluate --format fewshot``: a question takes
+    the first ``k`` that are not itself. One ``random.Random(seed)`` walks the relations in
+    order of their first example by id, so the draw is that of knowtune's recall table."""
+    rng = random.Random(seed)
+    by_relation: dict[str, list[QAExample]] = {}
+    for example in sorted(pool, key=lambda e: e.id):
+        by_relation.setdefault(example.relation, []).append(example)
+    return {relation: rng.sample(candidates, min(k + 1, len(candidates))) for relation, candidates in by_relation.items()}
+
+
+def shots_for(drawn: Sequence[QAExample], example_id: str, k: int) -> list[QAExample]:
+    """The first ``k`` exemplars of a :func:`draw_one_set_per_relation` set that are not ``example_id``."""
+    return [e for e in drawn if e.id != example_id][:k]

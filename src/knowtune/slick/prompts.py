@@ -3,8 +3,8 @@
 Gekhman et al., EMNLP 2024 (arXiv 2405.05904), section 3 / appendix: the 4-shot prompt
 lists k exemplars of the same relation as ``Q: ...`` / ``A: ...`` line pairs and ends
 with ``Q: <question>`` / ``A:``; the model's answer is the rest of that line.
-The templates are configurable; ``chat_template = true`` wraps the whole few-shot text
-in one user turn of the tokenizer's chat template (for chat-tuned models).
+Rendering and encoding live in the task spec (:class:`knowtune.task.Prompts`), shared by
+every stage; :class:`PromptBuilder` builds one from the audit's template settings.
 
 The *prefix* of a prompt is everything before the query line. It is the same for every
 question of a (relation, exemplar set), so its KV cache is computed once
@@ -13,53 +13,18 @@ question of a (relation, exemplar set), so its KV cache is computed once
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from knowtune.data.schema import QAExample
-from knowtune.errors import KnowtuneError
-
-_SENTINEL = "\u2063KNOWTUNE_QUESTION\u2063"
+from knowtune.task import DEFAULT_TASK, Prompts
 
 
-class PromptBuilder:
-    """Renders prompts and encodes them exactly as a plain ``tokenizer(prompt)`` call would."""
+class PromptBuilder(Prompts):
+    """:class:`~knowtune.task.Prompts` of the default task with these few-shot settings."""
 
-    def __init__(self, tokenizer, *, instruction: str, exemplar_template: str, query_template: str, chat_template: bool):
-        self.tokenizer = tokenizer
-        self.instruction = instruction
-        self.exemplar_template = exemplar_template
-        self.query_template = query_template
-        self.chat_template = chat_template
-        if chat_template and not getattr(tokenizer, "chat_template", None):
-            raise KnowtuneError(
-                "chat_template is on but the tokenizer has no chat template",
-                fix="set chat_template: false (plain few-shot text), or use the chat model's own tokenizer",
-            )
+    def __init__(self, tokenizer, *, instruction: str, exemplar_template: str, query_template: str, chat_template: bool,
+                 add_special_tokens: bool = True):
+        task = DEFAULT_TASK.updated(instruction=instruction, exemplar_template=exemplar_template, query_template=query_template,
+                                    chat_template=chat_template, add_special_tokens=add_special_tokens)
+        super().__init__(task, tokenizer)
 
-    def few_shot_text(self, exemplars: Sequence[QAExample], question: str) -> str:
-        """Instruction, the k exemplars, then the query line (no chat wrapping)."""
-        shots = "".join(self.exemplar_template.format(question=e.question, answer=e.answers[0]) for e in exemplars)
-        return self.instruction + shots + self.query_template.format(question=question)
-
-    def prompt(self, exemplars: Sequence[QAExample], question: str) -> str:
+    def prompt(self, exemplars, question: str) -> str:
         """The full prompt text for ``question`` after ``exemplars``."""
-        text = self.few_shot_text(exemplars, question)
-        if not self.chat_template:
-            return text
-        messages = [{"role": "user", "content": text}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def prefix(self, exemplars: Sequence[QAExample]) -> str:
-        """The text every prompt of this exemplar set starts with: all before the query line."""
-        text = self.prompt(exemplars, _SENTINEL)
-        query_head = self.query_template.split("{question}")[0]
-        cut = text.index(_SENTINEL) - len(query_head)
-        return text[:cut]
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text; special tokens added as the tokenizer does by default
-        (a chat template already writes its own)."""
-        if not texts:
-            return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=not self.chat_template)
-        return [list(ids) for ids in encoded["input_ids"]]
+        return self.fewshot(exemplars, question)

@@ -21,6 +21,7 @@ from knowtune.config import StageConfig
 from knowtune.errors import ConfigError
 from knowtune.matching import MatchConfig
 from knowtune.provenance import config_hash
+from knowtune.task import TaskSpec, check_template, resolve_task
 
 PROTOCOL_VERSION = 1
 SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step, token id) v1"
@@ -32,7 +33,9 @@ class AnnotateConfig(StageConfig):
     Protocol fields (they change results, so they enter the protocol hash): ``n_ex``,
     ``k``, ``exemplars_from``, ``seed``, ``n_samples``, ``temperature``, ``top_k``,
     ``max_new_tokens``, ``stop``, the templates, ``chat_template``, ``match``, ``mode``
-    and the resolved ``dtype``. Run fields (``device``, ``batch_size``, ``chunk_size``,
+    and the resolved ``dtype``. The prompt, tokenization, stop and match keys are those of the
+    task spec (:mod:`knowtune.task`): ``task`` names a task YAML file, and the keys set here
+    override it. Run fields (``device``, ``batch_size``, ``chunk_size``,
     ``shard``, ``prune_samples``, ...) only change speed or which examples one process handles.
     """
 
@@ -56,6 +59,8 @@ class AnnotateConfig(StageConfig):
     exemplar_template: str = "Q: {question}\nA: {answer}\n"
     query_template: str = "Q: {question}\nA:"
     chat_template: bool = False
+    add_special_tokens: bool = True
+    task: str | None = None
     match: MatchConfig = Field(default_factory=MatchConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -68,12 +73,12 @@ class AnnotateConfig(StageConfig):
     @field_validator("exemplar_template")
     @classmethod
     def _exemplar_fields(cls, value: str) -> str:
-        return _check_template(value, "exemplar_template", ("{question}", "{answer}"))
+        return check_template(value, "exemplar_template", ("{question}", "{answer}"))
 
     @field_validator("query_template")
     @classmethod
     def _query_fields(cls, value: str) -> str:
-        return _check_template(value, "query_template", ("{question}",))
+        return check_template(value, "query_template", ("{question}",))
 
     @field_validator("shard")
     @classmethod
@@ -82,16 +87,20 @@ class AnnotateConfig(StageConfig):
             parse_shard(value)
         return value
 
+    def task_spec(self) -> TaskSpec:
+        """The audit's task: the ``task`` file (if any) with this config's prompt keys on top."""
+        return resolve_task(self, AUDIT_TASK_KEYS)
 
-def _check_template(value: str, key: str, fields: tuple[str, ...]) -> str:
-    missing = [f for f in fields if f not in value]
-    if missing:
-        raise ValueError(f"{key} must contain {', '.join(missing)}")
-    try:
-        value.format(question="q", answer="a")
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(f"{key} has an unknown or malformed field ({error}); write literal braces as {{{{ }}}}") from None
-    return value
+    def resolved(self) -> "AnnotateConfig":
+        """This config with its task keys filled in from :meth:`task_spec` (as saved beside outputs)."""
+        task = self.task_spec()
+        flat = task.flat()
+        return self.model_copy(update={key: flat[key] for key in AUDIT_TASK_KEYS})
+
+
+#: The AnnotateConfig keys that are task-spec keys (:data:`knowtune.task.FLAT_KEYS`).
+AUDIT_TASK_KEYS = ("instruction", "exemplar_template", "query_template", "k", "exemplars_from", "chat_template",
+                   "add_special_tokens", "stop", "max_new_tokens", "match")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -116,47 +125,45 @@ def in_shard(example_id: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or stable_hash(example_id) % shard[1] == shard[0]
 
 
-def resolve_dtype(config: AnnotateConfig, device: str) -> str:
-    """``auto`` means bfloat16 on CUDA and float32 on CPU."""
-    if config.dtype != "auto":
-        return config.dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
-
-
-def build_protocol(config: AnnotateConfig, exemplar_sets: dict[str, list[dict[str, Any]]], dtype: str) -> dict[str, Any]:
+def build_protocol(config: AnnotateConfig, task: TaskSpec, exemplar_sets: dict[str, list[dict[str, Any]]], dtype: str) -> dict[str, Any]:
     """The full protocol record: everything that decides a result except the model.
 
-    ``exemplar_sets`` maps each relation to its N_ex sets, each
+    ``task`` gives the prompt, tokenization, stop rule and match (its fine-tuning prompt
+    plays no part in the audit). ``exemplar_sets`` maps each relation to its N_ex sets, each
     ``{"ids": [...k ids], "spare": id, "examples": [[question, answer], ...]}``.
     """
-    return {
+    fewshot, generation = task.fewshot, task.generation
+    protocol = {
         "protocol_version": PROTOCOL_VERSION,
         "knowtune_version": __version__,
         "mode": config.mode,
         "n_ex": config.n_ex,
-        "k": config.k,
-        "exemplars_from": config.exemplars_from,
+        "k": fewshot.k,
+        "exemplars_from": fewshot.exemplars_from,
         "seed": config.seed,
         "template": {
-            "instruction": config.instruction,
-            "exemplar": config.exemplar_template,
-            "query": config.query_template,
-            "chat_template": config.chat_template,
+            "instruction": fewshot.instruction,
+            "exemplar": fewshot.exemplar_template,
+            "query": fewshot.query_template,
+            "chat_template": task.tokens.chat_template,
         },
         "decoding": {
             "greedy_per_prompt": 1,
             "samples_per_prompt": config.n_samples,
             "temperature": config.temperature,
             "top_k": config.top_k,
-            "max_new_tokens": config.max_new_tokens,
-            "stop": config.stop,
+            "max_new_tokens": generation.max_new_tokens,
+            "stop": generation.stop,
             "dtype": dtype,
             "sampler": SAMPLER,
             "detokenize": "skip special tokens, no clean-up of tokenization spaces",
         },
-        "match": config.match.model_dump(mode="json"),
+        "match": task.match.model_dump(mode="json"),
         "exemplar_sets": exemplar_sets,
     }
+    if not task.tokens.add_special_tokens:  # protocol v1 records before this key encoded with the tokenizer's special tokens
+        protocol["template"]["add_special_tokens"] = False
+    return protocol
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:

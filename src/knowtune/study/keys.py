@@ -291,17 +291,18 @@ def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> d
 def _measure(world, held_out, model_dirs: Mapping[str, Path], tune: TrainConfig, layer: int) -> dict[str, Any]:
     """Held-out accuracy of each model, forgetting (reference -> fine-tuned), drift, key overlap."""
     from knowtune.drift import cosine_drift, entity_states
-    from knowtune.evaluate import PromptFormat, evaluate_examples
-    from knowtune.models import load_model_and_tokenizer
+    from knowtune.evaluate import evaluate_examples
+    from knowtune.models import load
+    from knowtune.train.sft import training_task
     from knowtune.world.synthetic import key_overlap
 
-    fmt = PromptFormat(template=tune.prompt_template)
+    task = training_task(tune)
     correct, states, tokenizer = {}, {}, None
     for name, directory in model_dirs.items():
-        model, tokenizer = load_model_and_tokenizer(directory)
-        result = evaluate_examples(model, tokenizer, held_out, prompt_format=fmt, batch_size=tune.eval_batch_size, max_new_tokens=tune.max_new_tokens)
+        model, tokenizer = load(directory, dtype="float32")
+        result = evaluate_examples(model, tokenizer, held_out, task=task, batch_size=tune.eval_batch_size)
         correct[name] = [p.correct for p in result.predictions]
-        states[name] = entity_states(model, tokenizer, held_out, layer=layer, template=tune.prompt_template, batch_size=tune.eval_batch_size)
+        states[name] = entity_states(model, tokenizer, held_out, layer=layer, template=task.finetune.template, batch_size=tune.eval_batch_size)
     known = [i for i, ok in enumerate(correct["reference"]) if ok]
     lost = sum(not correct["finetuned"][i] for i in known)
     forgetting = lost / len(known) if known else None

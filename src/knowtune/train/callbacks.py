@@ -30,9 +30,10 @@ from transformers import TrainerCallback
 from knowtune.data.schema import QAExample
 from knowtune.drift import DEFAULT_LAYER, cosine_drift, entity_states
 from knowtune.errors import ConfigError
-from knowtune.evaluate import DEFAULT_IDK, DEFAULT_TEMPLATE, KNOWN_GROUP, PromptFormat, evaluate_examples, flat_metrics
+from knowtune.evaluate import KNOWN_GROUP, evaluate_examples, flat_metrics
 from knowtune.io import atomic_write_jsonl
 from knowtune.slick.categories import CATEGORIES, KNOWN
+from knowtune.task import DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_SETS = ("train", "dev", "test", "ood")
@@ -172,7 +173,8 @@ class EpochEvalCallback(TrainerCallback):
     ``early_stopping_patience`` the run stops when dev exact match has not improved for that
     many epochs (epoch 0 is a reference, not a candidate); with ``best_dir`` the best-dev
     model is saved there. ``every_epoch=False`` evaluates only before and after training.
-    ``drift`` adds the representation drift from the base model to every record.
+    Prompts, their token ids, the stop rule and matching are those of ``task`` (the run's
+    task spec, as its training rows): :func:`knowtune.evaluate.evaluate_examples`. ``drift`` adds the representation drift from the base model to every record.
     """
 
     def __init__(
@@ -185,10 +187,8 @@ class EpochEvalCallback(TrainerCallback):
         test: Sequence[QAExample] = (),
         ood: Sequence[QAExample] = (),
         categories: Mapping[str, str] | None = None,
-        prompt_format: PromptFormat | None = None,
-        idk_phrase: str = DEFAULT_IDK,
+        task: TaskSpec = DEFAULT_TASK,
         batch_size: int = 64,
-        max_new_tokens: int = 24,
         max_examples: int | None = 1000,
         seed: int = 0,
         early_stopping_patience: int | None = None,
@@ -202,10 +202,8 @@ class EpochEvalCallback(TrainerCallback):
         given = {"train": train, "dev": dev, "test": test, "ood": ood}
         self.sets = {name: eval_subset(given[name], max_examples, seed) for name in EVAL_SETS if given[name]}
         self.categories = categories
-        self.prompt_format = prompt_format or PromptFormat()
-        self.idk_phrase = idk_phrase
+        self.task = task
         self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
         self.stopper = EarlyStopping(early_stopping_patience)
         self.best_dir = Path(best_dir) if best_dir is not None else None
         self.every_epoch = every_epoch
@@ -218,10 +216,7 @@ class EpochEvalCallback(TrainerCallback):
         """Flat metrics of every evaluation set (``<set>/<metric>[/<group>]``) and, with a tracker, ``drift/...``."""
         record: dict[str, Any] = {}
         for name, examples in self.sets.items():
-            result = evaluate_examples(
-                model, self.tokenizer, examples, categories=self.categories, idk_phrase=self.idk_phrase,
-                batch_size=self.batch_size, prompt_format=self.prompt_format, max_new_tokens=self.max_new_tokens,
-            )
+            result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
             record.update(flat_metrics(name, result))
         if self.drift is not None:
             record.update(self.drift.measure(model, self.tokenizer))

@@ -106,6 +106,7 @@ class TrainConfig(StageConfig):
     max_eval_examples: int | None = Field(1000, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     idk_phrase: str = DEFAULT_IDK
+    task: str | None = None  # a task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase, max_new_tokens override it
     prompt_template: str = DEFAULT_TEMPLATE
     answer_prefix: str = ""
     answer_terminator: Literal["newline", "eos"] = "newline"

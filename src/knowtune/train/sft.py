@@ -32,11 +32,11 @@ from torch.nn.utils.rnn import pad_sequence
 from knowtune.config import save_config
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.evaluate import PromptFormat
 from knowtune.io import atomic_write_json
 from knowtune.models import pad_token_id
 from knowtune.provenance import config_hash
 from knowtune.slick.categories import KNOWN
+from knowtune.task import DEFAULT_TASK, TaskSpec, resolve_task
 from knowtune.train.callbacks import METRICS_FILE, DriftTracker, EpochEvalCallback, read_metrics, save_model_dir, select_drift_examples
 from knowtune.train.config import TrainConfig
 
@@ -44,21 +44,33 @@ _RUN_FILES = ("provenance.json", "run.json", "config.yaml", METRICS_FILE, "teach
 _RUN_DIRS = ("checkpoints", "model", "adapter", "best", "teacher", "format_stage", "runs")
 
 
+#: TrainConfig keys that are task-spec keys (:data:`knowtune.task.FLAT_KEYS`).
+TRAIN_TASK_KEYS = ("prompt_template", "answer_prefix", "idk_phrase", "max_new_tokens")
+
+
+def training_task(config: TrainConfig) -> TaskSpec:
+    """The run's task: its ``task`` file (if any) with the config's prompt keys on top."""
+    return resolve_task(config, TRAIN_TASK_KEYS)
+
+
 def build_sft_rows(
-    examples: Sequence[QAExample], tokenizer, prompt_format: PromptFormat, *, terminator: str = "newline", answer_prefix: str = ""
+    examples: Sequence[QAExample], tokenizer, task: TaskSpec = DEFAULT_TASK, *, terminator: str = "newline"
 ) -> list[dict[str, list[int]]]:
     """``input_ids`` = prompt + answer + terminator, ``labels`` = -100 on the prompt, ids on the rest.
 
-    Prompt and answer are tokenized separately (no special tokens, as generation sees the
-    prompt), so the label boundary is exact. The target is ``answer_prefix`` + the first gold
-    answer: with a byte-level BPE, ``" Paris"`` after ``"?"`` and ``"Paris"`` after a newline
-    are different tokens, and the prefix picks the one the base model learned its facts in.
+    The prompt is the task's fine-tuning prompt, encoded exactly as evaluation and the audit
+    encode prompts (:meth:`knowtune.task.Prompts.encode`: with the tokenizer's BOS where it
+    adds one); the answer is tokenized separately without special tokens, so the label
+    boundary is exact. The target is ``finetune.answer_prefix`` + the first gold answer: with
+    a byte-level BPE, ``" Paris"`` after ``"?"`` and ``"Paris"`` after a newline are different
+    tokens, and the prefix picks the one the base model learned its facts in.
     """
     if terminator == "eos" and tokenizer.eos_token_id is None:
         raise ConfigError("answer_terminator is eos but the tokenizer has no EOS token", fix="set answer_terminator: newline")
-    prompts = tokenizer([prompt_format.render(ex.question) for ex in examples], add_special_tokens=False)["input_ids"]
+    encoder = task.prompts(tokenizer)
+    prompts = encoder.encode([encoder.finetune(ex.question) for ex in examples])
     suffix = "\n" if terminator == "newline" else ""
-    answers = tokenizer([answer_prefix + ex.answers[0] + suffix for ex in examples], add_special_tokens=False)["input_ids"]
+    answers = encoder.encode_answers([task.finetune.answer_prefix + ex.answers[0] + suffix for ex in examples])
     rows = []
     for prompt, answer in zip(prompts, answers):
         answer = list(answer) + ([tokenizer.eos_token_id] if terminator == "eos" else [])
@@ -262,22 +274,20 @@ def _load_finished(out_dir: Path) -> TrainResult:
 
 def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, log):
     """``(teacher, student)`` for ``method: selfdistill``; the teacher is frozen and never trained."""
-    from transformers import AutoModelForCausalLM
-
-    from knowtune.models import resolve_model
+    from knowtune.models import load
 
     choice = config.selfdistill.teacher
     if choice == "base":
         return (None if config.lora is not None else copy.deepcopy(model)), model
     if choice != "format_stage":
-        teacher = AutoModelForCausalLM.from_pretrained(resolve_model(choice))
+        teacher, _ = load(choice, device="cpu", dtype="float32")
         if teacher.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
             raise ConfigError(f"selfdistill.teacher {choice!r} has another vocabulary than the student", fix="use a teacher fine-tuned from the same base model")
         return teacher, model
     teacher_dir = out_dir / "teacher"
     if (teacher_dir / "config.json").is_file():
         log(f"format stage: reusing the teacher in {teacher_dir}")
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+        teacher, _ = load(teacher_dir, device="cpu", dtype="float32")
     else:
         known = [ex for ex in train if categories.get(ex.id) in KNOWN]
         log(f"format stage: {config.selfdistill.format_stage_epochs} epoch(s) of SFT on {len(known)} Known training examples")
@@ -285,7 +295,7 @@ def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, lo
 
         set_seed(config.seed)
         stage, _ = prepare_model(copy.deepcopy(model), config, log=lambda _: None)
-        rows = build_sft_rows(known, tokenizer, PromptFormat(template=config.prompt_template), terminator=config.answer_terminator, answer_prefix=config.answer_prefix)
+        rows = build_sft_rows(known, tokenizer, training_task(config), terminator=config.answer_terminator)
         build_trainer(config, stage, tokenizer, rows, out_dir / "format_stage", method="sft", epochs=config.selfdistill.format_stage_epochs, save=False).train()
         teacher = stage.merge_and_unload() if hasattr(stage, "merge_and_unload") else stage
         save_model_dir(teacher, tokenizer, teacher_dir)
@@ -358,12 +368,11 @@ def train_model(
         return _load_finished(out_dir)
 
     model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log, drift_examples)
-    prompt_format = PromptFormat(template=config.prompt_template)
-    rows = build_sft_rows(train_examples, tokenizer, prompt_format, terminator=config.answer_terminator, answer_prefix=config.answer_prefix)
+    task = training_task(config)
+    rows = build_sft_rows(train_examples, tokenizer, task, terminator=config.answer_terminator)
     evaluator = EpochEvalCallback(
-        tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, prompt_format=prompt_format,
-        idk_phrase=config.idk_phrase, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-        max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
+        tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, task=task,
+        batch_size=config.eval_batch_size, max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
         best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, log=log,
     )
     if config.method == "selfdistill" and config.selfdistill.cache_teacher:
@@ -384,10 +393,11 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
     Returns ``(model, tokenizer, teacher, trainable, drift tracker or None)``."""
     from transformers import set_seed
 
-    from knowtune.models import load_model_and_tokenizer
+    from knowtune.models import load
+    from knowtune.task import save_task
 
     set_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(model_spec)
+    model, tokenizer = load(model_spec, device="cpu", dtype="float32")  # Trainer moves it to the training device
     tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None else None
     teacher, trainable = None, None
     if _format_stage(config):  # the format stage needs the unprepared model: check the settings on a copy
@@ -401,6 +411,7 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
     if not resume:
         _clear_run(out_dir)
     save_config(config, out_dir / "config.yaml")
+    save_task(training_task(config), out_dir)
     atomic_write_json(out_dir / "run.json", run)
     if _format_stage(config):
         teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
@@ -417,7 +428,7 @@ def _drift_tracker(config: TrainConfig, model, tokenizer, examples: Sequence[QAE
     model.to(device)
     try:
         tracker = DriftTracker.from_base(model, tokenizer, examples, categories=categories, layer=config.drift.layer,
-                                         template=config.prompt_template, batch_size=config.eval_batch_size)
+                                         template=training_task(config).finetune.template, batch_size=config.eval_batch_size)
     finally:
         model.to(origin)
     log(f"drift: base-model states of {len(examples)} {config.drift.split} examples at hidden_states[{config.drift.layer}]")
