@@ -20,14 +20,14 @@ from knowtune.slick.protocol import AnnotateConfig
 
 
 def _setup(tiny_world, tiny_loaded, *, instruction="", exemplar_template="Q: {question}\nA: {answer}\n", query_template="Q: {question}\nA:",
-           batch_size=64, top_k=40, temperature=0.5, relation="born_in", n=6, shared=None):
+           batch_size=64, top_k=40, temperature=0.5, relation="born_in", n=6, engine="auto"):
     model, tokenizer = tiny_loaded
     config = AnnotateConfig(data=str(tiny_world[0]), exemplar_template=exemplar_template, query_template=query_template)
     plan = plan_audit(config, "float32")
     builder = PromptBuilder(tokenizer, instruction=instruction, exemplar_template=exemplar_template,
                             query_template=query_template, chat_template=False)
     backend = HFBackend(model, tokenizer, stop="\n", max_new_tokens=12, temperature=temperature, top_k=top_k,
-                        batch_size=batch_size, shared_prefix=shared)
+                        batch_size=batch_size, engine=engine)
     sets = plan.sets[relation]
     backend.set_prefixes(builder.encode([builder.prefix(s.exemplars) for s in sets]))
     examples = [e for _, e in plan.examples if e.relation == relation and e.split != "dev"][:n]
@@ -47,29 +47,43 @@ def _reference(model, backend, prompt_ids):
     return tokens
 
 
-@pytest.mark.parametrize(("batch_size", "shared"), [(7, True), (64, True), (7, False), (64, False)])
-def test_kv_reuse_greedy_equals_plain_generate(tiny_world, tiny_loaded, batch_size, shared):
-    model, backend, prompts = _setup(tiny_world, tiny_loaded, batch_size=batch_size, shared=shared)
-    assert backend.shared == shared
+ENGINES = ["shared-prefix", "per-row-copy", "exact"]
+
+
+@pytest.mark.parametrize(("batch_size", "engine"), [(7, e) for e in ENGINES] + [(64, e) for e in ENGINES])
+def test_kv_reuse_greedy_equals_plain_generate(tiny_world, tiny_loaded, batch_size, engine):
+    model, backend, prompts = _setup(tiny_world, tiny_loaded, batch_size=batch_size, engine=engine)
     outputs = backend.generate([Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts])
+    assert backend.engine == engine
     assert [rows[0] for rows in outputs] == [_reference(model, backend, ids) for _, ids in prompts]
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_prefix_that_tokenizes_differently_falls_back_exactly(tiny_world, tiny_loaded, shared):
+def test_auto_engine_verifies_and_picks_shared_prefix_for_llama(tiny_world, tiny_loaded):
+    lines = []
+    model, backend, prompts = _setup(tiny_world, tiny_loaded, n=2)
+    backend.log = lines.append
+    backend.generate([Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts])
+    backend.generate([Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts])
+    assert backend.engine == "shared-prefix"
+    assert lines == ["engine: using shared-prefix attention (verified against the exact path)"] == [backend.engine_note]  # said once
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prefix_that_tokenizes_differently_falls_back_exactly(tiny_world, tiny_loaded, engine):
     # The same text as the default template, cut so that the prefix ends in "Q: ": the
     # trailing space merges with the question's first word ("ĠWhere") in the full prompt,
     # so the cached prefix and the prompt diverge at the prefix's last token.
     model, backend, prompts = _setup(tiny_world, tiny_loaded, instruction="Q: ", exemplar_template="{question}\nA: {answer}\nQ: ",
-                                     query_template="{question}\nA:", n=3, shared=shared)
+                                     query_template="{question}\nA:", n=3, engine=engine)
     requests = [Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts]
-    assert all(backend._shared_length(r) < len(backend._prefix_ids[r.prefix_index]) for r in requests)
+    assert all(backend.shared_length(r) < len(backend.prefix_ids[r.prefix_index]) for r in requests)
     outputs = backend.generate(requests)
     assert [rows[0] for rows in outputs] == [_reference(model, backend, ids) for _, ids in prompts]
 
 
 def test_only_suffixes_are_fed_and_finished_rows_leave_the_batch(tiny_world, tiny_loaded):
-    model, backend, prompts = _setup(tiny_world, tiny_loaded, batch_size=4096, temperature=5.0)  # hot: answers of many lengths
+    model, backend, prompts = _setup(tiny_world, tiny_loaded, batch_size=4096, temperature=2.0)  # hot: answers of many lengths
+    backend.generate([Request(0, tuple(prompts[0][1]), (GREEDY,))])  # the engine is verified (and chosen) at the first call
     shapes = []
     hook = model.model.embed_tokens.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
     try:
@@ -95,13 +109,14 @@ def test_samples_do_not_depend_on_batching(tiny_world, tiny_loaded):
     assert all(len({tuple(row) for row in rows}) > 1 for rows in together)  # the 16 samples of a prompt differ
 
 
-def test_shared_prefix_attention_equals_per_row_prefix_copies(tiny_world, tiny_loaded):
+def test_every_engine_draws_the_same_samples(tiny_world, tiny_loaded):
     results = []
-    for shared in (True, False):
-        _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=1.0, n=3, shared=shared)
+    for engine in ENGINES:
+        _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=1.0, n=3, engine=engine)
         keys = [(GREEDY, *(row_key(0, j, s, t) for t in range(8))) for j, (s, _) in enumerate(prompts)]
         results.append(backend.generate([Request(s, tuple(ids), k) for (s, ids), k in zip(prompts, keys)]))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
+    assert all(len({tuple(row) for row in rows}) > 1 for rows in results[0])  # the rows of a prompt differ: samples, not copies
 
 
 def test_top_k_one_sampling_is_greedy(tiny_world, tiny_loaded):
@@ -146,6 +161,13 @@ def test_kept_prefills_decode_like_a_fresh_prefill(tiny_world, tiny_loaded):
     fresh = backend.generate([Request(s, tuple(ids), k) for (s, ids), k in zip(prompts, keys)])
     reused = backend.generate([Request(s, tuple(ids), k, p) for (s, ids), k, p in zip(prompts, keys, compact_prefills(prefills))])
     assert reused == fresh
+
+
+@pytest.mark.parametrize("engine", ["per-row-copy", "exact"])
+def test_paths_without_kept_prefills_return_none(tiny_world, tiny_loaded, engine):
+    _, backend, prompts = _setup(tiny_world, tiny_loaded, n=2, engine=engine)
+    outputs, prefills = backend.generate_keeping_prefills([Request(s, tuple(ids), (GREEDY,)) for s, ids in prompts])
+    assert prefills == [None] * len(prompts) and all(len(rows) == 1 for rows in outputs)
 
 
 CHAT = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
@@ -193,8 +215,9 @@ def test_bfloat16_runs_and_mostly_agrees_with_float32(tiny_model, tiny_world, ti
     assert agree >= 0.8
 
 
-def test_rejected_samples_stop_early_and_greedy_rows_never_do(tiny_world, tiny_loaded):
-    _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=2.0, n=2)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rejected_samples_stop_early_and_greedy_rows_never_do(tiny_world, tiny_loaded, engine):
+    _, backend, prompts = _setup(tiny_world, tiny_loaded, temperature=2.0, n=2, engine=engine)
     keys = [(GREEDY, *(row_key(0, j, s, t) for t in range(8))) for j, (s, _) in enumerate(prompts)]
     full = backend.generate([Request(s, tuple(ids), k) for (s, ids), k in zip(prompts, keys)])
     pruned = backend.generate([Request(s, tuple(ids), k, alive=lambda text: False) for (s, ids), k in zip(prompts, keys)])

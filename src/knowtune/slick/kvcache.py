@@ -12,8 +12,8 @@ it; ``keys``/``values`` are views of the filled part. Everything else (masking,
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from knowtune.compat import DynamicLayer, cache_from_layers
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -35,7 +35,7 @@ class PreallocatedLayer(DynamicLayer):
         self.keys = self._keys[:, :, : self.length]
         self.values = self._values[:, :, : self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs=None):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Write the new positions after the filled part (growing the storage if ever needed)."""
         new = key_states.shape[-2]
         if self.length + new > self._keys.shape[2]:
@@ -69,20 +69,6 @@ class PreallocatedLayer(DynamicLayer):
         self._refresh()
 
 
-def require_layered_cache() -> None:
-    """The per-layer ``Cache`` API used here arrived in transformers 4.56; fail clearly before it."""
-    if not hasattr(DynamicCache(), "layers"):
-        import transformers
-
-        from knowtune.errors import KnowtuneError
-
-        raise KnowtuneError(f"knowtune annotate needs transformers >= 4.56 (this is {transformers.__version__})",
-                            fix="pip install -U 'transformers>=4.56,<5'")
-
-
-def preallocated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> DynamicCache:
+def preallocated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], capacity: int):
     """A ``DynamicCache`` holding ``layers`` [(keys, values) of (B, H, T, D)] with room for ``capacity`` positions."""
-    cache = DynamicCache()
-    cache.layers = [PreallocatedLayer(k, v, capacity) for k, v in layers]
-    cache.layer_class_to_replicate = None
-    return cache
+    return cache_from_layers([PreallocatedLayer(k, v, capacity) for k, v in layers])

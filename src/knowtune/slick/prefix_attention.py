@@ -12,19 +12,20 @@ per (prefix, key/value head), (rows of that prefix x Lp), reading K_p and V_p on
 per-row cache that repeated the prefix would read and copy it for every row at every
 step (cf. Hydragen, Juravsky et al. 2024, arXiv 2402.05099).
 
-It plugs into transformers through its public attention registry
-(``AttentionInterface.register``): models with ``_supports_attention_backend`` call it in
-place of SDPA. Calls without a shared prefix fall through to transformers' SDPA.
+It plugs into transformers through its attention registry (``AttentionInterface``, via
+:mod:`knowtune.compat`): models with ``_supports_attention_backend`` call it in place of
+SDPA. Calls without a shared prefix fall through to transformers' SDPA. Whether a model
+really passes the prefix down (GPT-2, for one, drops extra arguments) is not assumed: the
+engine verifies the path on each model before using it (:mod:`knowtune.slick.engine`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+from knowtune.compat import attention_implementation, register_attention, repeat_kv, sdpa_attention_forward, uses_attention_registry
 
 NAME = "knowtune_shared_prefix"
 
@@ -39,6 +40,8 @@ class SharedPrefix:
     and the prefix positions a row does not share (None when every row sees all of its
     prefix). ``pos`` (A,) and ``width``: each row's place among the rows of its prefix, and
     the most rows any prefix has (the layout of the batched products when G > 1).
+    ``calls``: how many attention calls have read it (shared by its row selections), so a
+    model that does not pass it down to its attention can be told apart.
     """
 
     keys: list[torch.Tensor]
@@ -47,22 +50,24 @@ class SharedPrefix:
     row_bias: torch.Tensor | None
     pos: torch.Tensor | None = None
     width: int = 0
+    calls: list[int] = field(default_factory=lambda: [0])
 
     @classmethod
-    def build(cls, keys, values, slot: torch.Tensor | None, row_bias: torch.Tensor | None) -> "SharedPrefix":
+    def build(cls, keys, values, slot: torch.Tensor | None, row_bias: torch.Tensor | None, calls: list[int] | None = None) -> "SharedPrefix":
+        calls = [0] if calls is None else calls
         if slot is None or keys[0].shape[0] == 1:
-            return cls(keys, values, None, row_bias)
+            return cls(keys, values, None, row_bias, calls=calls)
         counts = torch.bincount(slot, minlength=keys[0].shape[0])  # rows per prefix
         order = torch.argsort(slot, stable=True)
         starts = counts.cumsum(0) - counts
         pos = torch.empty_like(slot)
         pos[order] = torch.arange(slot.shape[0], device=slot.device) - starts[slot[order]]
-        return cls(keys, values, slot, row_bias, pos, int(counts.max()))
+        return cls(keys, values, slot, row_bias, pos, int(counts.max()), calls)
 
     def select(self, idx: torch.Tensor) -> "SharedPrefix":
         """The prefix view of rows ``idx``."""
         return SharedPrefix.build(self.keys, self.values, None if self.slot is None else self.slot[idx],
-                                  None if self.row_bias is None else self.row_bias.index_select(0, idx))
+                                  None if self.row_bias is None else self.row_bias.index_select(0, idx), self.calls)
 
 
 def _by_prefix(x: torch.Tensor, prefix: SharedPrefix, kv_heads: int) -> torch.Tensor:
@@ -99,6 +104,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     if knowtune_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     prefix = knowtune_prefix
+    prefix.calls[0] += 1
     rows, heads, q_len, dim = query.shape
     prefix_k = prefix.keys[module.layer_idx]  # (G, Hkv, Lp, D)
     prefix_v = prefix.values[module.layer_idx]
@@ -122,28 +128,27 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(NAME, shared_prefix_attention)
+register_attention(NAME, shared_prefix_attention)
+
+
+def shared_prefix_obstacle(model) -> str | None:
+    """Why the shared-prefix kernel cannot be exact for ``model`` as its config declares it
+    (None: nothing known against it; verification still decides): attention outside
+    transformers' registry, or soft-capped attention logits. (A sliding window is left to
+    the backend: within the window the kernel is exact, and longer batches take the exact path.)"""
+    config = model.config
+    if not uses_attention_registry(model) or getattr(config, "is_encoder_decoder", False):
+        return "its attention does not go through transformers' attention registry"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "it soft-caps attention logits"
+    return None
 
 
 def supports_shared_prefix(model) -> bool:
-    """Whether ``model`` routes attention through transformers' registry with plain causal
-    attention (no sliding window, no logit soft-capping), so the shared-prefix kernel is exact."""
-    config = model.config
-    if not getattr(model, "_supports_attention_backend", False) or getattr(config, "is_encoder_decoder", False):
-        return False
-    if getattr(config, "attn_logit_softcapping", None):
-        return False
-    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
-        return False
-    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False
+    """Whether nothing in ``model``'s config rules the shared-prefix kernel out (:func:`shared_prefix_obstacle`)."""
+    return shared_prefix_obstacle(model) is None
 
 
-@contextmanager
 def shared_prefix_attention_enabled(model):
     """Route ``model``'s attention through :func:`shared_prefix_attention` for the duration."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
+    return attention_implementation(model, NAME)
