@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     study = Study(load_config(StudyConfig, args.study / "config.yaml"), log=lambda _: None)
     study.open()
     compare_config = study.config.compare_methods
-    if compare_config is None or not {"sft", "filtered"} <= set(study.state.get("methods", {})):
+    if compare_config is None or not {"sft", "filtered"} <= set(study.state.methods or {}):
         raise KnowtuneError(f"{args.study}: no finished compare_methods with sft and filtered", fix="run `knowtune demo --methods` first")
     variant = compare_config.variants()["sft"]
     examples = load_examples(args.study / "variants" / study.variant_index()[variant]["train"])
@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         overrides = {"method": "selfdistill", "selfdistill": _selfdistill(name)}
         config = compare_config.model_copy(update={"overrides": {"selfdistill": overrides}}).train_config("selfdistill", study.config.train)
-        jobs.append((config.model_dump(mode="json"), study.config.model, examples, splits, categories, out / name, name))
+        jobs.append(workers.TrainJob(name, config, study.config.model, splits.with_train(examples), categories, out / name))
     workers.train(jobs, args.workers, print, lambda name: print(f"{name} finished"))
 
     def run(method: str, directory: Path) -> MethodRun:
         return MethodRun(method, variant, read_metrics(directory / "metrics.jsonl"))
 
-    baseline = [run("sft", args.study / study.state["methods"]["sft"]["dir"]), run("filtered", args.study / study.state["methods"]["filtered"]["dir"])]
+    baseline = [run("sft", args.study / study.state.methods["sft"].dir), run("filtered", args.study / study.state.methods["filtered"].dir)]
     ratios = {}
     for name in names:
         sd = run("selfdistill", out / name)

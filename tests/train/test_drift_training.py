@@ -8,6 +8,7 @@ import json
 import pytest
 
 from knowtune.drift import cosine_drift, entity_states
+from knowtune.data.splits import Splits
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.models import load
 from knowtune.testing import SimulatedCrash, crash_after_save, tiny_world
@@ -27,7 +28,7 @@ def _data():
 
 def _run(config, model, out, callbacks=()):
     train, test, categories = _data()
-    return train_model(config, model, train, test_examples=test, categories=categories, out_dir=out, callbacks=callbacks, log=lambda _: None)
+    return train_model(config, model, Splits(train, test=test), categories=categories, out_dir=out, callbacks=callbacks, log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +87,18 @@ def test_bad_drift_settings_fail_before_anything_is_written(tiny_pretrained, tmp
     train, test, categories = _data()
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="drift.split is test but there are no test examples") as error:
-        train_model(TrainConfig(drift={}), tiny_pretrained, train, out_dir=out)
+        train_model(TrainConfig(drift={}), tiny_pretrained, Splits(train), out_dir=out)
     assert "--test" in error.value.fix
     with pytest.raises(ConfigError, match="drift.categories.*needs SliCK categories"):
-        train_model(TrainConfig(drift={"categories": ["Unknown"]}), tiny_pretrained, train, test_examples=test, out_dir=out)
+        train_model(TrainConfig(drift={"categories": ["Unknown"]}), tiny_pretrained, Splits(train, test=test), out_dir=out)
     with pytest.raises(ConfigError, match="no dev example is in the drift groups"):
-        train_model(TrainConfig(drift={"split": "dev", "categories": ["MaybeKnown"]}), tiny_pretrained, train, dev_examples=test,
+        train_model(TrainConfig(drift={"split": "dev", "categories": ["MaybeKnown"]}), tiny_pretrained, Splits(train, dev=test),
                     categories=categories, out_dir=out)
     no_subject = [test[0].model_copy(update={"subject": None}), *test[1:]]
     with pytest.raises(KnowtuneError, match=f"example '{test[0].id}' has no subject"):
-        train_model(TrainConfig(drift={}), tiny_pretrained, train, test_examples=no_subject, categories=categories, out_dir=out)
+        train_model(TrainConfig(drift={}), tiny_pretrained, Splits(train, test=no_subject), categories=categories, out_dir=out)
     with pytest.raises(ConfigError, match="drift layer 9 is out of range"):
-        train_model(TrainConfig(drift={"layer": 9}), tiny_pretrained, train, test_examples=test, out_dir=out)
+        train_model(TrainConfig(drift={"layer": 9}), tiny_pretrained, Splits(train, test=test), out_dir=out)
     with pytest.raises(ValueError, match="unknown groups"):
         TrainConfig(drift={"categories": ["Known", "Famous"]})
     assert not out.exists()

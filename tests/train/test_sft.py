@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from knowtune.data.splits import Splits
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.evaluate import evaluate_examples
 from knowtune.models import load
@@ -58,7 +59,7 @@ def sft_run(tiny_pretrained, tmp_path_factory):
     train, dev, test, categories = _data()
     out = tmp_path_factory.mktemp("sft") / "run"
     recorder = _LogRecorder()
-    result = train_model(TrainConfig(**FAST), tiny_pretrained, train, dev, test, categories=categories, out_dir=out,
+    result = train_model(TrainConfig(**FAST), tiny_pretrained, Splits(train, dev, test), categories=categories, out_dir=out,
                          callbacks=[recorder], log=lambda _: None)
     result.reported = recorder.logs
     return result
@@ -140,13 +141,13 @@ def test_training_fits_examples_and_logs_every_epoch(sft_run, tiny_pretrained):
 
 def test_same_seed_gives_identical_metrics(sft_run, tiny_pretrained, tmp_path):
     train, dev, test, categories = _data()
-    again = train_model(TrainConfig(**FAST), tiny_pretrained, train, dev, test, categories=categories, out_dir=tmp_path, log=lambda _: None)
+    again = train_model(TrainConfig(**FAST), tiny_pretrained, Splits(train, dev, test), categories=categories, out_dir=tmp_path, log=lambda _: None)
     assert _numbers(again.metrics) == _numbers(sft_run.metrics)
 
 
 def test_resume_continues_from_the_last_checkpoint(sft_run, tiny_pretrained, tmp_path):
     train, dev, test, categories = _data()
-    args = (TrainConfig(**FAST), tiny_pretrained, train, dev, test)
+    args = (TrainConfig(**FAST), tiny_pretrained, Splits(train, dev, test))
     with pytest.raises(SimulatedCrash):
         train_model(*args, categories=categories, out_dir=tmp_path, callbacks=[crash_after_save(2)], log=lambda _: None)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
@@ -161,18 +162,18 @@ def test_resume_continues_from_the_last_checkpoint(sft_run, tiny_pretrained, tmp
 def test_finished_run_is_returned_and_other_settings_are_refused(sft_run, tiny_pretrained):
     train, dev, test, categories = _data()
     lines = []
-    again = train_model(TrainConfig(**FAST), tiny_pretrained, train, dev, test, categories=categories, out_dir=sft_run.out_dir, log=lines.append)
+    again = train_model(TrainConfig(**FAST), tiny_pretrained, Splits(train, dev, test), categories=categories, out_dir=sft_run.out_dir, log=lines.append)
     assert lines == [f"{sft_run.out_dir} already holds this finished run"]
     assert again.metrics == sft_run.metrics and again.epochs_run == 4
     with pytest.raises(KnowtuneError, match="config keys: epochs") as error:
-        train_model(TrainConfig(**{**FAST, "epochs": 5}), tiny_pretrained, train, dev, test, categories=categories, out_dir=sft_run.out_dir)
+        train_model(TrainConfig(**{**FAST, "epochs": 5}), tiny_pretrained, Splits(train, dev, test), categories=categories, out_dir=sft_run.out_dir)
     assert "--no-resume" in error.value.fix
 
 
 def test_early_stopping_stops_when_dev_stops_improving(tiny_pretrained, tmp_path):
     train, dev, test, categories = _data()
     config = TrainConfig(**{**FAST, "epochs": 6, "learning_rate": 0.0, "early_stopping_patience": 1, "save_best": True, "save_every_epoch": True})
-    result = train_model(config, tiny_pretrained, train[:4], dev, categories=categories, out_dir=tmp_path, log=lambda _: None)
+    result = train_model(config, tiny_pretrained, Splits(train[:4], dev), categories=categories, out_dir=tmp_path, log=lambda _: None)
     assert [r["epoch"] for r in result.metrics] == [0, 1, 2]  # epoch 1 is the best; epoch 2 does not improve
     assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 1
     assert result.metrics[-1]["stop"] is True and result.metrics[1]["stop"] is False
@@ -185,7 +186,7 @@ def test_lora_saves_the_adapter_and_a_merged_model(tiny_pretrained, tmp_path):
 
     train, dev, _, categories = _data()
     config = TrainConfig(**{**FAST, "epochs": 1, "learning_rate": 2e-2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
-    result = train_model(config, tiny_pretrained, train[:8], dev, categories=categories, out_dir=tmp_path, log=lambda _: None)
+    result = train_model(config, tiny_pretrained, Splits(train[:8], dev), categories=categories, out_dir=tmp_path, log=lambda _: None)
     assert "LoRA r=4" in result.trainable
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -201,7 +202,7 @@ def test_lora_saves_the_adapter_and_a_merged_model(tiny_pretrained, tmp_path):
 def test_train_only_attention_leaves_mlp_weights_unchanged(tiny_pretrained, tmp_path):
     train, *_ = _data()
     config = TrainConfig(**{**FAST, "epochs": 1, "train_only": ["attention"]})
-    result = train_model(config, tiny_pretrained, train[:4], out_dir=tmp_path, log=lambda _: None)
+    result = train_model(config, tiny_pretrained, Splits(train[:4]), out_dir=tmp_path, log=lambda _: None)
     assert result.trainable.startswith("trainable ")
     before, after = _weights(tiny_pretrained), _weights(tmp_path / "model")
     attention = [name for name in before if ".self_attn." in name]
@@ -215,7 +216,7 @@ def test_selfdistill_trains_against_a_format_stage_teacher(tiny_pretrained, tmp_
     train, dev, _, categories = _data()
     config = TrainConfig(**{**FAST, "epochs": 2, "method": "selfdistill", "selfdistill": {"teacher": "format_stage", "format_stage_epochs": 1}})
     lines = []
-    result = train_model(config, tiny_pretrained, train[:8], dev, categories=categories, out_dir=tmp_path, log=lines.append)
+    result = train_model(config, tiny_pretrained, Splits(train[:8], dev), categories=categories, out_dir=tmp_path, log=lines.append)
     assert "format stage: 1 epoch(s) of SFT on 4 Known training examples" in lines
     teacher, base = _weights(tmp_path / "teacher"), _weights(tiny_pretrained)
     assert any(not torch.equal(teacher[name], base[name]) for name in base)  # the format stage trained it
@@ -226,11 +227,11 @@ def test_selfdistill_trains_against_a_format_stage_teacher(tiny_pretrained, tmp_
 def test_cached_teacher_trains_like_the_live_one_and_is_reused_on_resume(tiny_pretrained, tmp_path):
     train, dev, _, categories = _data()
     settings = {**FAST, "epochs": 2, "method": "selfdistill", "selfdistill": {"teacher": "format_stage", "top_k": 8}}
-    live = train_model(TrainConfig(**settings), tiny_pretrained, train[:8], dev, categories=categories, out_dir=tmp_path / "live",
+    live = train_model(TrainConfig(**settings), tiny_pretrained, Splits(train[:8], dev), categories=categories, out_dir=tmp_path / "live",
                        log=lambda _: None)
     settings["selfdistill"]["cache_teacher"] = True
     lines = []
-    cached = train_model(TrainConfig(**settings), tiny_pretrained, train[:8], dev, categories=categories, out_dir=tmp_path / "cached",
+    cached = train_model(TrainConfig(**settings), tiny_pretrained, Splits(train[:8], dev), categories=categories, out_dir=tmp_path / "cached",
                          log=lines.append)
     assert any(line.startswith("teacher cache: top-8 log-probs of 8 rows") for line in lines)
     assert (tmp_path / "cached" / "teacher_topk.safetensors").is_file()
@@ -238,7 +239,7 @@ def test_cached_teacher_trains_like_the_live_one_and_is_reused_on_resume(tiny_pr
         assert b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=1e-5) and b["ce"] == pytest.approx(a["ce"], rel=1e-3, abs=1e-5)
     (tmp_path / "cached" / "provenance.json").unlink()  # unfinished: the rerun trains again from the saved teacher and cache
     lines.clear()
-    train_model(TrainConfig(**settings), tiny_pretrained, train[:8], dev, categories=categories, out_dir=tmp_path / "cached", log=lines.append)
+    train_model(TrainConfig(**settings), tiny_pretrained, Splits(train[:8], dev), categories=categories, out_dir=tmp_path / "cached", log=lines.append)
     assert any(line.startswith("teacher cache: reusing") for line in lines)
     with pytest.raises(ValueError, match="top_k"):
         TrainConfig(method="selfdistill", selfdistill={"cache_teacher": True})
@@ -263,7 +264,7 @@ def test_selfdistill_with_lora_and_the_base_teacher(tiny_pretrained, tmp_path):
     train, *_ = _data()
     config = TrainConfig(**{**FAST, "epochs": 2, "method": "selfdistill", "lora": {"r": 2}, "selfdistill": {"teacher": "base"},
                             "eval_every_epoch": False})
-    result = train_model(config, tiny_pretrained, train[:4], out_dir=tmp_path, log=lambda _: None)
+    result = train_model(config, tiny_pretrained, Splits(train[:4]), out_dir=tmp_path, log=lambda _: None)
     assert result.metrics[-1]["kl"] > 0 and not (tmp_path / "teacher").exists()
     assert [r["epoch"] for r in result.metrics] == [0, 2]  # eval_every_epoch false: before and after training only
 
@@ -272,14 +273,14 @@ def test_bad_settings_fail_before_anything_is_written(tiny_pretrained, tmp_path)
     train, dev, _, categories = _data()
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="no dev examples"):
-        train_model(TrainConfig(early_stopping_patience=2), tiny_pretrained, train, out_dir=out)
+        train_model(TrainConfig(early_stopping_patience=2), tiny_pretrained, Splits(train), out_dir=out)
     with pytest.raises(ConfigError, match="no training example has a Known category") as error:
-        train_model(TrainConfig(method="selfdistill"), tiny_pretrained, train, dev, out_dir=out)
+        train_model(TrainConfig(method="selfdistill"), tiny_pretrained, Splits(train, dev), out_dir=out)
     assert "--annotations" in error.value.fix
     with pytest.raises(ConfigError, match="'feed_forward_xyz' matches no parameter"):
-        train_model(TrainConfig(train_only=["feed_forward_xyz"]), tiny_pretrained, train, dev, categories=categories, out_dir=out)
+        train_model(TrainConfig(train_only=["feed_forward_xyz"]), tiny_pretrained, Splits(train, dev), categories=categories, out_dir=out)
     with pytest.raises(ConfigError, match="report_to.*not supported"):
-        train_model(TrainConfig(report_to=["no-such-reporter"]), tiny_pretrained, train, out_dir=out)
+        train_model(TrainConfig(report_to=["no-such-reporter"]), tiny_pretrained, Splits(train), out_dir=out)
     assert not out.exists()
 
 

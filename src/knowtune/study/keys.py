@@ -40,10 +40,11 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from knowtune.config import StageConfig, save_config
 from knowtune.drift import DEFAULT_LAYER
@@ -88,17 +89,29 @@ class KeyOverlapConfig(StageConfig):
     """
 
     key_types: list[KeyType] = Field(default_factory=lambda: ["name", "random"])
+    """Entity key types compared: name, random, uuid."""
     sizes: list[int] = Field(default_factory=lambda: [100, 200, 300])
+    """World sizes (entities per world)."""
     relations: int | list[str | SyntheticRelation] = Field(default_factory=lambda: list(DEFAULT_RELATIONS))
+    """Relations: a count (the first N of the catalogue) or catalogue ids / relation specs."""
     finetune_known_share: float = Field(0.35, gt=0.0, lt=1.0)
+    """Share of entities that are known and fine-tuned on."""
     held_out_share: float = Field(0.3, gt=0.0, lt=1.0)
+    """Share of entities that are known and held out (forgetting is measured on them)."""
     new_share: float = Field(0.35, gt=0.0, lt=1.0)
+    """Share of entities that are new (never in the pretraining corpus)."""
     seed: int = 0
+    """Seed of every cell (worlds, pretraining, fine-tuning) unless they set their own."""
     format_epochs: int = Field(1, ge=1)
+    """Epochs of the format stage whose model is the reference."""
     drift_layer: int = DEFAULT_LAYER
+    """hidden_states index of the drift: 0 = embeddings, -1 = last layer."""
     workers: int = Field(2, ge=1)
+    """Cells run at a time, each a single-threaded process."""
     pretrain: PretrainConfig = Field(default_factory=_default_pretrain)
+    """Pretraining of each cell's base model."""
     finetune: TrainConfig = Field(default_factory=_default_finetune)
+    """Fine-tuning of each cell (plain SFT)."""
 
     @field_validator("key_types")
     @classmethod
@@ -176,11 +189,45 @@ def cell_name(key_type: str, entities: int) -> str:
     return f"{key_type}-{entities}"
 
 
-def _cell_settings(config: KeyOverlapConfig, key_type: str, entities: int) -> dict[str, Any]:
-    """Everything that decides one cell's result (its identity on disk)."""
-    return {"key_type": key_type, "entities": entities, "world": config.world_config(key_type, entities).model_dump(mode="json"),
-            "pretrain": config.pretrain_config().model_dump(mode="json"), "finetune": config.finetune_config().model_dump(mode="json"),
-            "format_epochs": config.format_epochs, "drift_layer": config.drift_layer}
+class CellSettings(BaseModel):
+    """Everything that decides one cell's result: its identity on disk (``cell.json``, the settings hash)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_type: KeyType
+    entities: int
+    world: SyntheticWorldConfig
+    pretrain: PretrainConfig
+    finetune: TrainConfig
+    format_epochs: int
+    drift_layer: int
+
+    @classmethod
+    def of(cls, config: KeyOverlapConfig, key_type: str, entities: int) -> CellSettings:
+        """The cell (``key_type``, ``entities``) of ``config``, read back from its JSON record as a resumed cell reads it."""
+        record = {"key_type": key_type, "entities": entities, "world": config.world_config(key_type, entities).model_dump(mode="json"),
+                  "pretrain": config.pretrain_config().model_dump(mode="json"), "finetune": config.finetune_config().model_dump(mode="json"),
+                  "format_epochs": config.format_epochs, "drift_layer": config.drift_layer}
+        return cls.model_validate(record)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.key_type, self.entities)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record (``cell.json``)."""
+        return self.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One cell to run into ``cell_dir`` (in this process or a worker process)."""
+
+    settings: CellSettings
+    cell_dir: Path
+
+    def run(self, log: Log) -> dict[str, Any]:
+        return run_cell(self.settings, self.cell_dir, log=lambda line: log(f"[{self.settings.name}] {line}"))
 
 
 def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log = print) -> dict[str, Any]:
@@ -193,10 +240,10 @@ def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log =
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     cells = [(key_type, n) for n in config.sizes for key_type in config.key_types]
-    jobs = [(_cell_settings(config, k, n), str(out_dir / cell_name(k, n))) for k, n in cells]
+    jobs = [CellJob(CellSettings.of(config, k, n), out_dir / cell_name(k, n)) for k, n in cells]
     start = time.monotonic()
     if config.workers == 1 or len(jobs) == 1:
-        rows = [_run_job(job, log) for job in jobs]
+        rows = [job.run(log) for job in jobs]
     else:
         log(f"{len(jobs)} cells, {config.workers} at a time in parallel single-threaded processes (largest worlds first)")
         order = sorted(range(len(jobs)), key=lambda i: -cells[i][1])
@@ -212,15 +259,9 @@ def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log =
     return summary
 
 
-def _run_job(job: tuple[dict[str, Any], str], log: Log) -> dict[str, Any]:
-    settings, cell_dir = job
-    name = cell_name(settings["key_type"], settings["entities"])
-    return run_cell(settings, Path(cell_dir), log=lambda line: log(f"[{name}] {line}"))
-
-
-def _run_job_in_process(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+def _run_job_in_process(job: CellJob) -> dict[str, Any]:
     single_thread()
-    return _run_job(job, stderr_log())
+    return job.run(stderr_log())
 
 
 def _check_cell_dir(cell_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -236,12 +277,13 @@ def _check_cell_dir(cell_dir: Path, settings: dict[str, Any]) -> dict[str, Any] 
     return json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
 
 
-def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> dict[str, Any]:
+def run_cell(cell: CellSettings, cell_dir: Path, *, log: Log = print) -> dict[str, Any]:
     """One (key type, size) cell: world, pretraining, format stage, fine-tuning, measures (module docstring).
 
     Each stage reuses its finished output in ``cell_dir``; ``result.json`` is written last and
     holds the summary row, the settings hash and provenance.
     """
+    from knowtune.data.splits import Splits
     from knowtune.io import atomic_write_json
     from knowtune.pretrain import pretrain
     from knowtune.provenance import model_fingerprint, provenance
@@ -250,6 +292,7 @@ def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> d
     from knowtune.world.synthetic import generate_synthetic_world
 
     cell_dir = Path(cell_dir)
+    settings = cell.record()
     done = _check_cell_dir(cell_dir, settings)
     if done is not None:
         log(f"finished earlier, skipped ({cell_dir / RESULT_FILE})")
@@ -257,24 +300,24 @@ def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> d
     atomic_write_json(cell_dir / CELL_FILE, settings)
     timing: dict[str, float] = {}
     clock = time.monotonic()
-    world = generate_synthetic_world(SyntheticWorldConfig.model_validate(settings["world"]))
+    world = generate_synthetic_world(cell.world)
     known_train, held_out, new = world.split("train"), world.split("dev"), world.split("test")
     base_dir = cell_dir / "base"
     if not (base_dir / "provenance.json").is_file():
         corpus_world = World(name=world.name, relations=world.relations, examples=tuple(ex for ex in world.examples if ex.split != "test"))
-        pretrain(corpus_world, PretrainConfig.model_validate(settings["pretrain"]), base_dir, log=log)
+        pretrain(corpus_world, cell.pretrain, base_dir, log=log)
     timing["pretrain_s"], clock = time.monotonic() - clock, time.monotonic()
-    tune = TrainConfig.model_validate(settings["finetune"])
+    tune = cell.finetune
     quiet = lambda line: None  # noqa: E731 - train_model's per-epoch lines would drown the cell's log
-    reference = train_model(tune.model_copy(update={"epochs": settings["format_epochs"]}), base_dir, known_train,
+    reference = train_model(tune.model_copy(update={"epochs": cell.format_epochs}), base_dir, Splits(train=known_train),
                             out_dir=cell_dir / "format", log=quiet).model_dir
     timing["format_s"], clock = time.monotonic() - clock, time.monotonic()
     categories = {**{ex.id: "HighlyKnown" for ex in known_train}, **{ex.id: "Unknown" for ex in new}}
-    tuned = train_model(tune, reference, [*known_train, *new], categories=categories, out_dir=cell_dir / "finetune", log=quiet)
+    tuned = train_model(tune, reference, Splits(train=[*known_train, *new]), categories, cell_dir / "finetune", log=quiet)
     timing["finetune_s"], clock = time.monotonic() - clock, time.monotonic()
-    row = {"key_type": settings["key_type"], "entities": settings["entities"], "facts_finetune_known": len(known_train),
+    row = {"key_type": cell.key_type, "entities": cell.entities, "facts_finetune_known": len(known_train),
            "facts_held_out": len(held_out), "facts_new": len(new)}
-    row.update(_measure(world, held_out, {"base": base_dir, "reference": reference, "finetuned": tuned.model_dir}, tune, settings["drift_layer"]))
+    row.update(_measure(world, held_out, {"base": base_dir, "reference": reference, "finetuned": tuned.model_dir}, tune, cell.drift_layer))
     last = tuned.at_epoch(tuned.epochs_run)
     row["new_fact_learning"] = last.get("train/exact_match/Unknown")
     row["known_fit_after"] = last.get("train/exact_match/HighlyKnown")
@@ -282,7 +325,7 @@ def run_cell(settings: dict[str, Any], cell_dir: Path, *, log: Log = print) -> d
     row["seconds"] = round(sum(timing.values()), 1)
     log(_describe(row) + f" ({row['seconds']:.0f} s)")
     record = {"row": row, "timing": {k: round(v, 1) for k, v in timing.items()}, "settings_hash": config_hash(settings),
-              "provenance": provenance(settings, seed=settings["world"]["seed"], model_fingerprint=model_fingerprint(tuned.model_dir),
+              "provenance": provenance(settings, seed=cell.world.seed, model_fingerprint=model_fingerprint(tuned.model_dir),
                                        base_model_fingerprint=model_fingerprint(base_dir), reference_fingerprint=model_fingerprint(reference))}
     atomic_write_json(cell_dir / RESULT_FILE, record)
     return row

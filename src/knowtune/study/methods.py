@@ -53,11 +53,17 @@ class CompareMethodsConfig(StageConfig):
     """The ``compare_methods:`` section of a study config (docs/study.md, "Method comparison")."""
 
     mixture: int = Field(50, gt=0, lt=100)
+    """The variant D_X compared on: X percent Unknown."""
     methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    """Methods compared: sft, sft_es, filtered, idk, selfdistill, attention_only, lora."""
     held_out: Literal["HighlyKnown"] = "HighlyKnown"
+    """SliCK category of the held-out test facts whose forgetting is measured."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    """LoRA settings of the lora method."""
     lora_learning_rate: float | None = Field(3e-3, gt=0)
+    """Learning rate of the lora method (unset: the train: one)."""
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per method, train: keys changed for it, e.g. {selfdistill: {selfdistill: {lambda_kl: 2}}}."""
 
     @field_validator("methods")
     @classmethod
@@ -104,6 +110,19 @@ class CompareMethodsConfig(StageConfig):
         """The methods that need a training run (``sft_es`` needs the ``sft`` one)."""
         wanted = [("sft" if m == "sft_es" else m) for m in self.methods]
         return list(dict.fromkeys(wanted))
+
+    def plans(self, base: TrainConfig) -> dict[str, MethodPlan]:
+        """Method -> its variant and training settings, for every method that needs a run."""
+        variants = self.variants()
+        return {m: MethodPlan(variants[m], self.train_config(m, base)) for m in self.trained_methods()}
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """What one compared method trains: the curated ``variant`` with the settings ``config``."""
+
+    variant: str
+    config: TrainConfig
 
 
 def _merge(target: dict[str, Any], changes: Mapping[str, Any]) -> None:

@@ -28,11 +28,13 @@ from typing import Any
 
 from knowtune.config import save_config
 from knowtune.data.schema import QAExample
+from knowtune.data.splits import Splits
 from knowtune.errors import KnowtuneError
 from knowtune.io import atomic_write_json
 from knowtune.provenance import config_hash, provenance
 from knowtune.study.analysis import Run, analyse
 from knowtune.study.config import StudyConfig
+from knowtune.study.state import MethodRecord, RunRecord, StageRecord, StudyState
 
 STATE_FILE = "study.json"
 SAMPLE_FILE = "examples.jsonl"
@@ -80,7 +82,7 @@ class Study:
         self.config = config.resolved()
         self.out = Path(self.config.out)
         self.log = log
-        self.state: dict[str, Any] = {"stages": {}, "runs": {}}
+        self.state = StudyState()
 
     # -- set-up -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -97,8 +99,7 @@ class Study:
             if differing:
                 raise KnowtuneError(f"{self.out} holds a study with other settings ({', '.join(differing)} differ)",
                                     fix="rerun with the settings of its config.yaml to resume, or pass a new --out")
-        if (self.out / STATE_FILE).is_file():
-            self.state = json.loads((self.out / STATE_FILE).read_text(encoding="utf-8"))
+        self.state = StudyState.load(self.out / STATE_FILE)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.config, saved)
         self.model_fingerprint = fingerprint_of(self.config.model)
@@ -120,24 +121,23 @@ class Study:
         return target
 
     def _save_state(self) -> None:
-        self.state["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
-                                              model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
-        atomic_write_json(self.out / STATE_FILE, self.state)
+        self.state.provenance = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
+                                           model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
+        atomic_write_json(self.out / STATE_FILE, self.state.to_json())
 
     def _stage(self, name: str, key: str, done: bool, work: Callable[[], dict[str, Any] | None]) -> str:
         """Run ``work`` unless the stage's stored key equals ``key`` and ``done``; returns ``ran`` or ``skipped``."""
-        stored = self.state["stages"].get(name, {})
-        if stored.get("key") == key and stored.get("status") == "done" and done:
+        if self.state.stage_done(name, key) and done:
             self.log(f"[{name}] done earlier, skipped")
             return "skipped"
         self.log(f"[{name}] running")
         started = time.perf_counter()
-        self.state["stages"][name] = {"key": key, "status": "running"}
+        self.state.stages[name] = StageRecord(key=key, status="running")
         self._save_state()
         info = work() or {}
-        self.state["stages"][name] = {"key": key, "status": "done", "seconds": round(time.perf_counter() - started, 1), **info}
+        self.state.stages[name] = StageRecord(key=key, status="done", seconds=round(time.perf_counter() - started, 1), **info)
         self._save_state()
-        self.log(f"[{name}] done in {self.state['stages'][name]['seconds']:.0f} s")
+        self.log(f"[{name}] done in {self.state.stages[name].seconds:.0f} s")
         return "ran"
 
     # -- stages ----------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class Study:
 
         cfg = self.config.curate_config(self.out, self.data_path)
         key = config_hash({"curate": cfg.model_dump(mode="json", exclude={"annotations", "data", "out"}),
-                           "annotate": self.state["stages"]["annotate"]["key"]})
+                           "annotate": self.state.stages["annotate"].key})
         done = (self.out / "variants" / "variants.json").is_file()
 
         def work() -> dict[str, Any]:
@@ -180,17 +180,17 @@ class Study:
         names = self.selected_variants(index)
         splits = self.eval_splits()
         categories = self.categories()
-        key = config_hash({"train": self.config.comparable()["train"], "curate": self.state["stages"]["curate"]["key"],
-                           "variants": names, "eval": {k: [e.id for e in v] for k, v in splits.items()}})
-        done = all(self.state["runs"].get(n, {}).get("done") and (self.out / self.state["runs"][n]["dir"] / "provenance.json").is_file()
-                   for n in names)
+        key = config_hash({"train": self.config.comparable()["train"], "curate": self.state.stages["curate"].key,
+                           "variants": names, "eval": _ids(splits)})
+        done = all(self.state.run_done(n, self.out) for n in names)
 
         def work() -> dict[str, Any]:
             from knowtune.data import load_examples
             from knowtune.study import workers
 
             owner: dict[str, str] = {}  # data key -> the variant whose run holds it
-            jobs, runs_of = [], {}
+            jobs: list[workers.TrainJob] = []
+            runs_of: dict[str, list[str]] = {}
             for name in names:
                 examples = load_examples(self.out / "variants" / index[name]["train"])
                 data_key = config_hash([(e.id, list(e.answers)) for e in examples])
@@ -201,20 +201,20 @@ class Study:
                     run_dir = self.out / "runs" / name
                     if (run_dir / "provenance.json").is_file():
                         self.log(f"[train] {name}: finished earlier, checking its settings")
-                    jobs.append((self.config.train.model_dump(mode="json"), self.config.model, examples, splits, categories, run_dir, name))
+                    jobs.append(workers.TrainJob(name, self.config.train, self.config.model, splits.with_train(examples), categories, run_dir))
                 runs_of.setdefault(owner[data_key], []).append(name)
 
             def finished(owner_name: str) -> None:
                 for name in runs_of[owner_name]:
-                    self.state["runs"][name] = {"dir": f"runs/{owner_name}", "kind": index[name]["kind"], "size": index[name]["size"],
-                                                "params": self._params(name), "done": True}
+                    self.state.runs[name] = RunRecord(dir=f"runs/{owner_name}", kind=index[name]["kind"], size=index[name]["size"],
+                                                      params=self._params(name), done=True)
                 self._save_state()
                 self.log(f"[train] {owner_name} finished")
 
             workers.train(jobs, self.config.workers, self.log, finished)
             return {"variants": names}
 
-        self.state["trained"] = names
+        self.state.trained = names
         return self._stage("train", key, done, work)
 
     def compare(self) -> str:
@@ -228,32 +228,36 @@ class Study:
         if missing:
             raise KnowtuneError(f"compare_methods needs the variants {', '.join(missing)}, which curation did not build",
                                 fix="check curate.unknown_ratios, curate.variants and curate.idk_base_ratio")
-        plans = {m: (variants[m], compare.train_config(m, self.config.train)) for m in compare.trained_methods()}
+        plans = compare.plans(self.config.train)
         splits, categories = self.eval_splits(), self.categories()
-        key = config_hash({"compare": {m: [v, c.model_dump(mode="json", exclude={"device", "eval_batch_size", "report_to"})] for m, (v, c) in plans.items()},
-                           "curate": self.state["stages"]["curate"]["key"], "eval": {k: [e.id for e in v] for k, v in splits.items()}})
-        methods = self.state.setdefault("methods", {})
-        done = all(methods.get(m, {}).get("done") and (self.out / methods[m]["dir"] / "provenance.json").is_file() for m in plans)
+        run_keys = {"device", "eval_batch_size", "report_to"}
+        key = config_hash({"compare": {m: [p.variant, p.config.model_dump(mode="json", exclude=run_keys)] for m, p in plans.items()},
+                           "curate": self.state.stages["curate"].key, "eval": _ids(splits)})
+        if self.state.methods is None:
+            self.state.methods = {}
+        methods = self.state.methods
+        done = all(self.state.method_done(m, self.out) for m in plans)
 
         def work() -> dict[str, Any]:
             from knowtune.data import load_examples
             from knowtune.study import workers
 
-            jobs = []
-            for method, (variant, config) in plans.items():
-                reused = self.state["runs"].get(variant)
-                if reused and reused.get("done") and config == self.config.train:
+            jobs: list[workers.TrainJob] = []
+            for method, plan in plans.items():
+                variant, config = plan.variant, plan.config
+                reused = self.state.runs.get(variant)
+                if reused and reused.done and config == self.config.train:
                     self.log(f"[compare] {method}: the same settings and data as the trained variant {variant}, reusing its run")
-                    methods[method] = {"dir": reused["dir"], "variant": variant, "done": True}
+                    methods[method] = MethodRecord(dir=reused.dir, variant=variant, done=True)
                     continue
                 examples = load_examples(self.out / "variants" / index[variant]["train"])
-                jobs.append((config.model_dump(mode="json"), self.config.model, examples, splits, categories,
-                             self.out / "runs" / "methods" / method, method))
-                methods[method] = {"dir": f"runs/methods/{method}", "variant": variant, "done": False}
+                jobs.append(workers.TrainJob(method, config, self.config.model, splits.with_train(examples), categories,
+                                             self.out / "runs" / "methods" / method))
+                methods[method] = MethodRecord(dir=f"runs/methods/{method}", variant=variant)
             self._save_state()
 
             def finished(method: str) -> None:
-                methods[method]["done"] = True
+                methods[method].done = True
                 self._save_state()
                 self.log(f"[compare] {method} finished")
 
@@ -294,8 +298,8 @@ class Study:
             return []
         runs = []
         for method in compare.methods:
-            info = self.state["methods"]["sft" if method == "sft_es" else method]
-            runs.append(MethodRun(method, info["variant"], read_metrics(self.out / info["dir"] / "metrics.jsonl"),
+            info = self.state.methods["sft" if method == "sft_es" else method]
+            runs.append(MethodRun(method, info.variant, read_metrics(self.out / info.dir / "metrics.jsonl"),
                                   read="es" if method == "sft_es" else "conv"))
         return runs
 
@@ -344,18 +348,12 @@ class Study:
         manifest = json.loads((self.out / "variants" / name / "manifest.json").read_text(encoding="utf-8"))
         return manifest.get("params", {})
 
-    def eval_splits(self) -> dict[str, list[QAExample]]:
-        """Dev, in-distribution test and OOD test examples (OOD: test relations without training examples)."""
-        from knowtune.data import load_examples
-        from knowtune.world.embedded import resolve_data_path
+    def eval_splits(self) -> Splits:
+        """Dev, in-distribution test and OOD test examples (:func:`knowtune.data.splits.load_splits`; its
+        ``train`` are the dataset's, which each run replaces by its variant's)."""
+        from knowtune.data.splits import load_splits
 
-        examples = load_examples(self.data_path)
-        relations = {e.relation for e in examples if e.split == "train"}
-        dev = load_examples(resolve_data_path(self.config.dev), split="dev") if self.config.dev else [e for e in examples if e.split == "dev"]
-        test = load_examples(resolve_data_path(self.config.test), split="test") if self.config.test else [e for e in examples if e.split == "test"]
-        if self.config.ood:
-            return {"dev": dev, "test": test, "ood": load_examples(resolve_data_path(self.config.ood), split="test")}
-        return {"dev": dev, "test": [e for e in test if e.relation in relations], "ood": [e for e in test if e.relation not in relations]}
+        return load_splits(self.data_path, dev=self.config.dev, test=self.config.test, ood=self.config.ood)
 
     def categories(self) -> dict[str, str]:
         from knowtune.evaluate import load_categories
@@ -367,12 +365,16 @@ class Study:
         from knowtune.train.callbacks import read_metrics
 
         runs = []
-        for name in self.state["trained"]:
-            info = self.state["runs"][name]
-            params = info.get("params", {})
-            runs.append(Run(name=name, kind=info["kind"], metrics=read_metrics(self.out / info["dir"] / "metrics.jsonl"),
-                            ratio=params.get("ratio"), size=info["size"], params=params))
+        for name in self.state.trained or []:
+            info = self.state.runs[name]
+            runs.append(Run(name=name, kind=info.kind, metrics=read_metrics(self.out / info.dir / "metrics.jsonl"),
+                            ratio=info.params.get("ratio"), size=info.size, params=info.params))
         return runs
+
+
+def _ids(splits: Splits) -> dict[str, list[str]]:
+    """The ids of the held-out examples: part of the train and compare stages' keys."""
+    return {name: [e.id for e in examples] for name, examples in splits.evaluation.items()}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

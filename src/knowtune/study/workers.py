@@ -14,11 +14,15 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knowtune.data.schema import QAExample
 from knowtune.errors import KnowtuneError
+
+if TYPE_CHECKING:
+    from knowtune.data.splits import Splits
+    from knowtune.train.config import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -79,29 +83,37 @@ def annotate(config, out: Path, workers: int, log: Log) -> dict[str, Any]:
     return merge_shards(shard_dirs, out)
 
 
-def train_variant(settings: dict[str, Any], model: str, examples: Sequence[QAExample], splits: Mapping[str, Sequence[QAExample]],
-                  categories: Mapping[str, str], run_dir: Path, log: Log):
-    """Fine-tune ``model`` on one variant's ``examples`` with per-epoch evaluation on ``splits`` (resumes by itself)."""
-    from knowtune.train.config import TrainConfig
-    from knowtune.train.sft import train_model
+@dataclass(frozen=True)
+class TrainJob:
+    """One fine-tuning run of the study: a curated variant (or a compared method) trained from ``model``
+    on ``splits.train`` and evaluated on every split each epoch, into ``run_dir`` (it resumes by itself)."""
 
-    return train_model(TrainConfig.model_validate(settings), model, examples, splits["dev"], splits["test"], splits["ood"],
-                       categories, run_dir, log=log)
+    name: str
+    config: TrainConfig
+    model: str
+    splits: Splits
+    categories: Mapping[str, str]
+    run_dir: Path
+
+    def run(self, log: Log):
+        """Train (or resume, or return the finished run); the :class:`~knowtune.train.sft.TrainResult`."""
+        from knowtune.train.sft import train_model
+
+        return train_model(self.config, self.model, self.splits, self.categories, self.run_dir, log=log)
 
 
-def _train_job(job: tuple) -> str:
-    settings, model, examples, splits, categories, run_dir, name = job
+def _train_job(job: TrainJob) -> str:
     single_thread()
-    train_variant(settings, model, examples, splits, categories, run_dir, stderr_log(f"[train] {name}:"))
-    return name
+    job.run(stderr_log(f"[train] {job.name}:"))
+    return job.name
 
 
-def train(jobs: Sequence[tuple], workers: int, log: Log, on_done: Callable[[str], None]) -> None:
-    """Run training ``jobs`` (``(settings, model, examples, splits, categories, run_dir, name)``), ``workers`` at a time."""
+def train(jobs: Sequence[TrainJob], workers: int, log: Log, on_done: Callable[[str], None]) -> None:
+    """Run training ``jobs``, ``workers`` at a time; ``on_done(name)`` after each."""
     if workers == 1:
-        for settings, model, examples, splits, categories, run_dir, name in jobs:
-            train_variant(settings, model, examples, splits, categories, run_dir, lambda line, n=name: log(f"[train] {n}: {line}"))
-            on_done(name)
+        for job in jobs:
+            job.run(lambda line, n=job.name: log(f"[train] {n}: {line}"))
+            on_done(job.name)
         return
     log(f"[train] {len(jobs)} runs, {workers} at a time in parallel processes")
     with process_pool(workers) as pool:

@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from knowtune.config import save_config
 from knowtune.data.schema import QAExample
+from knowtune.data.splits import Splits
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.io import atomic_write_json
 from knowtune.models import pad_token_id
@@ -178,26 +179,28 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    from knowtune.compat import reporter_logging_dir, warmup_arguments
     from knowtune.train.selfdistill import TEACHER_TOPK_LOGPROBS, SelfDistillationTrainer, TeacherTopKCollator
 
     method = method or config.method
-    args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=epochs or config.epochs, learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
-        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, lr_scheduler_type=config.lr_scheduler,
-        logging_strategy="epoch", save_strategy="epoch" if save else "no", save_total_limit=None if config.save_every_epoch else 1,
-        report_to=config.report_to or "none", logging_dir=str(Path(output_dir).parent / "runs"), seed=config.seed,
-        data_seed=config.seed, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config),
-    )
     pad_id = pad_token_id(tokenizer)
     cached = bool(rows) and TEACHER_TOPK_LOGPROBS in rows[0]
     collator = TeacherTopKCollator(pad_id) if cached else SFTCollator(pad_id, config.padding_side)
-    common = dict(model=model, args=args, train_dataset=list(rows), data_collator=collator,
-                  processing_class=tokenizer, callbacks=list(callbacks))
-    if method == "selfdistill":
-        trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
-    else:
-        trainer = Trainer(**common)
+    with reporter_logging_dir(Path(output_dir).parent / "runs") as logging_dir:
+        args = TrainingArguments(
+            output_dir=str(output_dir), num_train_epochs=epochs or config.epochs, learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            weight_decay=config.weight_decay, **warmup_arguments(config.warmup_ratio), lr_scheduler_type=config.lr_scheduler,
+            logging_strategy="epoch", save_strategy="epoch" if save else "no", save_total_limit=None if config.save_every_epoch else 1,
+            report_to=config.report_to or "none", seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
+            disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config), **logging_dir,
+        )
+        common = dict(model=model, args=args, train_dataset=list(rows), data_collator=collator,
+                      processing_class=tokenizer, callbacks=list(callbacks))
+        if method == "selfdistill":
+            trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
+        else:
+            trainer = Trainer(**common)
     trainer.remove_callback(PrinterCallback)
     handler = trainer.callback_handler.callbacks
     for callback in [cb for cb in handler if isinstance(cb, EpochEvalCallback)]:
@@ -328,10 +331,7 @@ def _with_cached_teacher(config: TrainConfig, teacher, tokenizer, rows, out_dir:
 def train_model(
     config: TrainConfig,
     model_spec: str | Path,
-    train_examples: Sequence[QAExample],
-    dev_examples: Sequence[QAExample] = (),
-    test_examples: Sequence[QAExample] = (),
-    ood_examples: Sequence[QAExample] = (),
+    splits: Splits,
     categories: Mapping[str, str] | None = None,
     out_dir: str | Path = "train-out",
     *,
@@ -339,7 +339,8 @@ def train_model(
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Fine-tune ``model_spec`` (a directory, hub id or ``default``) on ``train_examples``.
+    """Fine-tune ``model_spec`` (a directory, hub id or ``default``) on ``splits.train``, evaluating
+    ``splits`` (train fit, dev, test, OOD) every epoch.
 
     Validates everything before writing; resumes from the last checkpoint in
     ``out_dir/checkpoints`` when ``resume`` (a finished run with the same settings is
@@ -354,24 +355,23 @@ def train_model(
     from knowtune.models import fingerprint_of
 
     out_dir = Path(out_dir)
-    _check_inputs(config, train_examples, dev_examples, categories)
+    _check_inputs(config, splits.train, splits.dev, categories)
     _use_cpu(config)
     check_reporters(config.report_to)
-    splits = {"train": train_examples, "dev": dev_examples, "test": test_examples, "ood": ood_examples}
     drift, drift_examples = config.drift, None
     if drift is not None:
         drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed)
     run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
-           "data_hash": _data_hash(*splits.values()), "categories_hash": config_hash(sorted((categories or {}).items()))}
+           "data_hash": _data_hash(*(examples for _, examples in splits.items())), "categories_hash": config_hash(sorted((categories or {}).items()))}
     if resume and _check_resumable(out_dir, run):
         log(f"{out_dir} already holds this finished run")
         return _load_finished(out_dir)
 
-    model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, train_examples, categories, out_dir, run, resume, log, drift_examples)
+    model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, splits.train, categories, out_dir, run, resume, log, drift_examples)
     task = training_task(config)
-    rows = build_sft_rows(train_examples, tokenizer, task, terminator=config.answer_terminator)
+    rows = build_sft_rows(splits.train, tokenizer, task, terminator=config.answer_terminator)
     evaluator = EpochEvalCallback(
-        tokenizer, metrics_path=out_dir / METRICS_FILE, **splits, categories=categories, task=task,
+        tokenizer, metrics_path=out_dir / METRICS_FILE, **dict(splits.items()), categories=categories, task=task,
         batch_size=config.eval_batch_size, max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
         best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, log=log,
     )
@@ -383,7 +383,7 @@ def train_model(
     if last:
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
-    return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, {k: len(v) for k, v in splits.items()})
+    return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts())
 
 
 def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
