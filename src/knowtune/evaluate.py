@@ -57,9 +57,13 @@ class PromptFormat(StageConfig):
     """
 
     kind: Literal["finetuned", "fewshot"] = "finetuned"
+    """finetuned: the fine-tuning prompt; fewshot: SliCK's few-shot Q:/A: prompt (base models)."""
     template: str = DEFAULT_TEMPLATE
+    """Fine-tuning prompt template; {question} is replaced by the question."""
     shots: int = Field(4, ge=0)
+    """Exemplars per few-shot prompt, from the dev split of the data."""
     seed: int = 0
+    """Seed of the few-shot exemplar draw."""
 
     @field_validator("template")
     @classmethod
@@ -277,18 +281,31 @@ class EvalConfig(StageConfig):
     """
 
     model: str = "default"
+    """Model dir (e.g. a train run's OUT/model), Hugging Face Hub id, or default."""
     data: str | None = None
+    """Dataset: .jsonl/.json/.parquet, an EntityQuestions dir, or embedded."""
     split: Literal["train", "dev", "test"] = "test"
+    """Split to evaluate."""
     annotations: str | None = None
+    """A `knowtune annotate` output dir: report per SliCK category."""
     out: str | None = None
+    """Write metrics.json and predictions.jsonl here."""
     task: str | None = None
+    """A task YAML (docs/task.md); prompt.template, prompt.shots, idk_phrase and max_new_tokens set here override it."""
     prompt: PromptFormat = Field(default_factory=PromptFormat)
+    """The prompt shown to the model."""
     idk_phrase: str = DEFAULT_IDK
+    """The abstention answer."""
     batch_size: int = Field(64, ge=1)
+    """Questions decoded together."""
     max_new_tokens: int = Field(24, ge=1)
+    """Answer length cap in tokens."""
     limit: int | None = Field(None, ge=1)
+    """Evaluate only the first N examples of the split."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto (CUDA when available), cpu or cuda."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
 
     def task_spec(self) -> TaskSpec:
         """The evaluation's task: the ``task`` file (if any) with this config's prompt keys on top."""

@@ -58,11 +58,17 @@ class MatchConfig(StageConfig):
     model_config = ConfigDict(frozen=True)
 
     nfkc: bool = True
+    """Unicode NFKC normalisation."""
     lowercase: bool = True
+    """Lowercase."""
     strip_punctuation: bool = True
+    """Drop punctuation."""
     strip_articles: bool = True
+    """Drop the articles a, an, the."""
     collapse_whitespace: bool = True
+    """Collapse runs of whitespace."""
     version: Literal[1] = MATCH_VERSION
+    """Version of the matching rule (a config of another version fails to load)."""
 
 
 DEFAULT_MATCH = MatchConfig()

@@ -32,20 +32,35 @@ class PretrainConfig(StageConfig):
     """Model size, corpus schedule and optimisation of the base-model pretraining."""
 
     seed: int = 0
+    """Seed of the corpus order, initialisation and data order."""
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    """The pretraining corpus and its exposure schedule."""
     vocab_size: int = Field(4096, ge=300)
+    """BPE vocabulary size."""
     hidden_size: int = Field(128, ge=8)
+    """Model width."""
     num_layers: int = Field(4, ge=1)
+    """Transformer layers."""
     num_heads: int = Field(4, ge=1)
+    """Attention heads."""
     intermediate_size: int = Field(512, ge=8)
+    """MLP width."""
     seq_len: int = Field(128, ge=16)
+    """Tokens per training block."""
     batch_size: int = Field(16, ge=1)
+    """Blocks per step."""
     epochs: float = Field(4.0, gt=0)
+    """Passes over the corpus."""
     learning_rate: float = Field(3e-3, gt=0)
+    """Peak learning rate (cosine schedule)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a share of the peak."""
     warmup_steps: int = Field(100, ge=0)
+    """Linear warmup steps."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
     save_every_steps: int = Field(500, ge=1)
+    """Checkpoint interval in steps (resume)."""
 
 
 def train_tokenizer(documents: list[str], vocab_size: int):

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from knowtune.testing import run_cli, table_row
-from knowtune.cli.train import _with_drift, _with_lora, load_training_data
+from knowtune.cli.train import load_training_data
 from knowtune.data import save_examples
-from knowtune.errors import ConfigError
 from knowtune.train.config import TrainConfig
 from knowtune.testing import tiny_world
 
@@ -98,26 +97,7 @@ def test_evaluate_rejects_an_empty_split(capsys, tiny_pretrained, tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
-def test_lora_flags_merge_with_the_config_block():
-    base = TrainConfig(lora={"r": 16, "alpha": 32})
-    assert _with_lora(base, None, 4).lora.model_dump() == {**base.lora.model_dump(), "r": 4}
-    assert _with_lora(TrainConfig(), True, None).lora.r == 8
-    assert _with_lora(base, False, None).lora is None
-    assert _with_lora(base, None, None) is base
-    with pytest.raises(ConfigError, match="contradict"):
-        _with_lora(base, False, 4)
-    with pytest.raises(ConfigError, match="--lora-r"):
-        _with_lora(base, None, 0)
-
-
 def test_drift_flags_merge_with_the_config_block(capsys, tiny_pretrained, dataset, tmp_path):
-    base = TrainConfig(drift={"layer": 2, "split": "dev", "max_examples": 5})
-    assert _with_drift(base, None, -1).drift.model_dump() == {**base.drift.model_dump(), "layer": -1}
-    assert _with_drift(TrainConfig(), True, None).drift.layer == -1
-    assert _with_drift(base, False, None).drift is None
-    assert _with_drift(base, None, None) is base
-    with pytest.raises(ConfigError, match="contradict"):
-        _with_drift(base, False, 3)
     root, _ = dataset
     config = tmp_path / "train.yaml"
     config.write_text("drift:\n  layer: 1\n  categories: [Famous]\n")

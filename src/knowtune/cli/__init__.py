@@ -33,15 +33,31 @@ def _root(
     """Fine-tune language models without teaching them to hallucinate."""
 
 
-def _register() -> None:
-    # Each module adds its commands to ``app``; imported here so ``knowtune --help`` lists them.
-    from knowtune.cli import commands  # noqa: F401
+#: The module that registers each top-level command. A command's flags are generated from its
+#: config model (:mod:`knowtune.cli.options`), which imports the stage's library code: only the
+#: module of the command being run is imported; every one for ``knowtune --help``.
+COMMAND_MODULES = {
+    "annotate": "annotate", "curate": "curate", "data": "data", "pretrain": "models", "models": "models", "world": "world",
+    "train": "train", "evaluate": "evaluate", "study": "study", "report": "study", "demo": "study", "keys": "study",
+}
+
+
+def _register(argv: list[str] | None = None) -> None:
+    """Import the command module of the command in ``argv`` (each adds its commands to ``app``), or all of them."""
+    import importlib
+
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    module = COMMAND_MODULES.get(words[0]) if words else None
+    if module is None:
+        from knowtune.cli import commands  # noqa: F401
+    else:
+        importlib.import_module(f"knowtune.cli.{module}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app (click reports usage errors with exit 2); a
     :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback."""
-    _register()
+    _register(argv)
     try:
         app(args=argv, prog_name="knowtune")
     except KnowtuneError as error:

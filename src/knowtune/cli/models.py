@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from knowtune.cli import app
+from knowtune.cli.options import with_config_flags
 from knowtune.config import load_config
+from knowtune.pretrain import PretrainConfig
 
 models_app = typer.Typer(help="Base models: the shipped default, and recall by pretraining exposure.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -19,26 +21,29 @@ console = Console()
 
 
 @app.command("pretrain")
+@with_config_flags(PretrainConfig, aliases={"learning_rate": ["--lr"]})
 def pretrain_command(
     out: Optional[Path] = typer.Option(None, help="Directory to save the model to."),
     default: bool = typer.Option(False, "--default", help="Rebuild the shipped default model in place (default config and seed)."),
     world: str = typer.Option("embedded", help="A world directory, or `embedded`."),
-    config: Optional[Path] = typer.Option(None, help="YAML with PretrainConfig keys (nested `corpus:` for the exposure schedule)."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the corpus."),
-    seed: Optional[int] = typer.Option(None),
-    learning_rate: Optional[float] = typer.Option(None, "--lr"),
+    config: Optional[Path] = typer.Option(None, help="YAML with PretrainConfig keys (nested `corpus:` for the exposure schedule); flags override it."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
-    """Train a tokenizer and a small LlamaForCausalLM on a world's corpus (CPU, minutes)."""
+    """Train a tokenizer and a small LlamaForCausalLM on a world's corpus (CPU, minutes).
+
+    Every PretrainConfig key is a flag (corpus keys as --corpus-<key>).
+    """
     from knowtune.errors import ConfigError
     from knowtune.models import DEFAULT_MODEL_DIR
-    from knowtune.pretrain import PretrainConfig, pretrain
+    from knowtune.pretrain import pretrain
     from knowtune.world.embedded import resolve_world
 
     if default == (out is not None):
         raise ConfigError("give exactly one of --out DIR or --default", fix="`knowtune pretrain --out my-model` or `knowtune pretrain --default`")
-    if default and (config or epochs or seed is not None or learning_rate or world != "embedded"):
+    if default and (config or overrides or world != "embedded"):
         raise ConfigError("--default rebuilds the shipped model with the default config; it takes no other options", fix="use --out DIR for a custom model")
-    settings = load_config(PretrainConfig, config, {"epochs": epochs, "seed": seed, "learning_rate": learning_rate})
+    settings = load_config(PretrainConfig, config, overrides, flags)
     target = DEFAULT_MODEL_DIR if default else out
     pretrain(resolve_world(world), settings, target, log=console.print)
     console.print(f"saved model to {target}")

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 
 from knowtune.cli import app, err_console
+from knowtune.cli.options import with_config_flags
+from knowtune.study.config import StudyConfig
+from knowtune.study.keys import KeyOverlapConfig
 
 console = Console()
 
@@ -46,21 +49,22 @@ def _run(settings, report: bool) -> Path:
 
 
 @app.command("study")
+@with_config_flags(StudyConfig, exclude=["annotate.model", "annotate.data", "annotate.out", "curate.annotations", "curate.data", "curate.out"],
+                   commas=["annotate.relations"], panels=True)
 def study_command(
     config: Optional[Path] = typer.Option(None, "--config", help="study.yaml: model, data, out, train_variants and annotate:/curate:/train: sections."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Study directory (overrides out: of the config); rerunning resumes."),
-    model: Optional[str] = typer.Option(None, "--model", help="Base model: a directory, a hub id, or `default`."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset with train/dev/test splits, or `embedded`."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every stage (sections may set their own)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda, for the audit and training."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write the report (STUDY_DIR/report)."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
-    """Annotate, curate, train every variant, evaluate and analyse (Gekhman et al. 2024): see docs/study.md."""
-    from knowtune.config import load_config
-    from knowtune.study.config import StudyConfig
+    """Annotate, curate, train every variant, evaluate and analyse (Gekhman et al. 2024): see docs/study.md.
 
-    overrides = {"out": str(out) if out else None, "model": model, "data": data, "seed": seed, "device": device}
-    settings = load_config(StudyConfig, config, overrides)
+    Every StudyConfig key is a flag, sections' keys prefixed by the section: --train-epochs, --annotate-n-ex,
+    --train-selfdistill-teacher; flags override --config.
+    """
+    from knowtune.config import load_config
+
+    settings = load_config(StudyConfig, config, overrides, flags)
     typer.echo(str(_run(settings, report)))
 
 
@@ -91,7 +95,7 @@ def demo_command(
     Without options: Gekhman et al. 2024 (demo.yaml). With --methods: fine-tuning without forgetting (methods.yaml).
     """
     from knowtune.config import load_config
-    from knowtune.study.config import METHODS_CONFIG, StudyConfig, demo_config_path
+    from knowtune.study.config import METHODS_CONFIG, demo_config_path
 
     path = demo_config_path(METHODS_CONFIG) if methods else demo_config_path()
     out = out or Path("knowtune-methods" if methods else "knowtune-demo")
@@ -100,19 +104,22 @@ def demo_command(
 
 
 @app.command("keys")
+@with_config_flags(KeyOverlapConfig)
 def keys_command(
     config: Optional[Path] = typer.Option(None, "--config", help="keys.yaml: the key_overlap settings (docs/mechanism.md); defaults without it."),
     out: Path = typer.Option(Path("knowtune-keys"), "--out", help="Output directory; rerunning skips finished cells."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Cells run at a time, each a single-threaded process."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
     """The key-overlap experiment alone (Kaplan, Gekhman et al. 2026): name-like against random entity keys.
 
+    Every key_overlap key is a flag (--sizes 100,200, --finetune-epochs 10); flags override --config.
     Prints one line per cell and the finding; the last line is OUT/summary.json.
     """
     from knowtune.config import load_config
-    from knowtune.study.keys import SUMMARY_FILE, KeyOverlapConfig, run_key_overlap
+    from knowtune.study.keys import SUMMARY_FILE, run_key_overlap
 
-    settings = load_config(KeyOverlapConfig, config, {"workers": workers})
+    settings = load_config(KeyOverlapConfig, config, overrides, flags)
     summary = run_key_overlap(settings, out, log=_log)
     print_findings([summary["finding"]])
     typer.echo(str(out / SUMMARY_FILE))

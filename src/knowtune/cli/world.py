@@ -10,7 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from knowtune.cli import app
+from knowtune.cli.options import with_config_flags
 from knowtune.config import load_config, save_config
+from knowtune.world.corpus import CorpusConfig
+from knowtune.world.entityquestions import EMBEDDED_SLICE, SliceSpec
+from knowtune.world.synthetic import SyntheticWorldConfig
 
 world_app = typer.Typer(help="Knowledge worlds: the embedded EntityQuestions slice, synthetic worlds, pretraining corpora.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
@@ -43,16 +47,18 @@ def path() -> None:
 
 
 @world_app.command("slice")
+@with_config_flags(SliceSpec, defaults=EMBEDDED_SLICE)
 def slice_(
     source: Path = typer.Option(..., help="EntityQuestions root (holds relation_query_templates.json)."),
     out: Path = typer.Option(..., help="Directory to write the world to."),
-    config: Optional[Path] = typer.Option(None, help="YAML with SliceSpec keys (relations, ood_relations, *_per_relation, seed)."),
-    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="YAML with SliceSpec keys (default: the embedded slice's); flags override it."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
-    """Sample a world from EntityQuestions, with the paper's filters applied."""
-    from knowtune.world.entityquestions import EMBEDDED_SLICE, SliceSpec, slice_entityquestions
+    """Sample a world from EntityQuestions, with the paper's filters applied (every SliceSpec key is a flag)."""
+    from knowtune.world.entityquestions import slice_entityquestions
 
-    spec = load_config(SliceSpec, config, {"seed": seed}) if config else EMBEDDED_SLICE.model_copy(update={k: v for k, v in {"seed": seed}.items() if v is not None})
+    spec = load_config(SliceSpec, config, overrides, flags, base=EMBEDDED_SLICE)
     world = slice_entityquestions(source, spec)
     world.save(out)
     save_config(spec, out / "slice_config.yaml")
@@ -60,17 +66,17 @@ def slice_(
 
 
 @world_app.command("synth")
+@with_config_flags(SyntheticWorldConfig, aliases={"num_entities": ["--entities"]})
 def synth(
     out: Path = typer.Option(..., help="Directory to write the world to."),
-    config: Optional[Path] = typer.Option(None, help="YAML with SyntheticWorldConfig keys."),
-    entities: Optional[int] = typer.Option(None, help="Number of entities."),
-    key_type: Optional[str] = typer.Option(None, help="`name` (recombined name pieces) or `random` (random-string keys)."),
-    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="YAML with SyntheticWorldConfig keys; flags override it."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
-    """Generate a synthetic world of invented entities (for tests and the key-overlap study)."""
-    from knowtune.world.synthetic import SyntheticWorldConfig, generate_synthetic_world
+    """Generate a synthetic world of invented entities (for tests and the key-overlap study; every key is a flag)."""
+    from knowtune.world.synthetic import generate_synthetic_world
 
-    settings = load_config(SyntheticWorldConfig, config, {"num_entities": entities, "key_type": key_type, "seed": seed})
+    settings = load_config(SyntheticWorldConfig, config, overrides, flags)
     world = generate_synthetic_world(settings)
     world.save(out)
     save_config(settings, out / "synthetic_config.yaml")
@@ -78,18 +84,20 @@ def synth(
 
 
 @world_app.command("corpus")
+@with_config_flags(CorpusConfig)
 def corpus(
     out: Path = typer.Option(..., help="Directory for corpus.txt and exposures.jsonl."),
     world: str = typer.Option("embedded", help="A world directory, or `embedded`."),
-    config: Optional[Path] = typer.Option(None, help="YAML with CorpusConfig keys."),
-    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="YAML with CorpusConfig keys; flags override it."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
     """Render the pretraining corpus with its exposure schedule (the ground truth)."""
     from knowtune.io import atomic_write_jsonl, atomic_write_text
-    from knowtune.world.corpus import CorpusConfig, assign_exposures, render_corpus
+    from knowtune.world.corpus import assign_exposures, render_corpus
     from knowtune.world.embedded import resolve_world
 
-    settings = load_config(CorpusConfig, config, {"seed": seed})
+    settings = load_config(CorpusConfig, config, overrides, flags)
     loaded = resolve_world(world)
     schedule = assign_exposures(loaded, settings)
     documents = render_corpus(loaded, schedule, settings)

@@ -53,16 +53,27 @@ class CurateConfig(StageConfig):
     """Settings of ``knowtune curate`` (YAML keys = CLI flags with ``-`` for ``_``)."""
 
     annotations: str | None = None
+    """Output dir of `knowtune annotate` (annotations.jsonl)."""
     data: str | None = None
+    """The annotated dataset, joined by id (needed when records lack question/answers)."""
     out: str | None = None
+    """Output dir: one folder per variant plus variants.json."""
     split: Literal["train", "dev", "test", "all"] = "train"
+    """Which annotated split to curate from: train, dev, test or all."""
     unknown_ratios: list[int] = Field(default_factory=lambda: [0, 25, 50, 75, 100])
+    """Percentages of Unknown of the D_X variants (comma-separated or repeated)."""
     size: int | None = Field(default=None, ge=1)
+    """|D| of every fixed-size variant; default: the paper's rule (per relation its smallest category, summed)."""
     size_split: SizeSplit = "paper"
+    """How |D| is split over relations: paper (in proportion to the paper rule) or equal."""
     seed: int = 0
+    """Seed of every draw."""
     idk_phrase: str = "I don't know"
+    """Answer that replaces Unknown answers in D_IDK."""
     idk_base_ratio: int = Field(default=50, ge=0, le=100)
+    """D_IDK relabels D_X for this X."""
     variants: list[VariantKind] = Field(default_factory=lambda: list(VARIANT_KINDS), min_length=1)
+    """Kinds to build: ratio, known, single, natural, idk, filtered (comma-separated or repeated)."""
 
     @field_validator("unknown_ratios")
     @classmethod

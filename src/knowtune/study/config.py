@@ -36,29 +36,48 @@ class SampleConfig(StageConfig):
     """A seeded sample of the dataset, per relation and split (None keeps the whole split): quick studies."""
 
     train: int | None = Field(None, ge=1)
+    """Train examples kept per relation (all when unset)."""
     dev: int | None = Field(None, ge=1)
+    """Dev examples kept per relation (all when unset)."""
     test: int | None = Field(None, ge=1)
+    """Test examples kept per relation (all when unset)."""
 
 
 class StudyConfig(StageConfig):
     """Settings of ``knowtune study`` (see docs/study.md)."""
 
     model: str = "default"
+    """Base model: a directory, a hub id, or default."""
     data: str = "embedded"
+    """Dataset with train/dev/test splits, or embedded."""
     out: str | None = None
+    """Study directory; rerunning resumes."""
     dev: str | None = None
+    """Dev examples from another dataset (its records default to split dev)."""
     test: str | None = None
+    """Test examples from another dataset (its records default to split test)."""
     ood: str | None = None
+    """OOD test examples; default: the test examples of relations absent from the training data."""
     seed: int | None = None
+    """Seed of every stage (sections may set their own)."""
     device: Literal["auto", "cpu", "cuda"] | None = None
+    """auto, cpu or cuda, for the audit and training (sections may set their own)."""
     workers: int = Field(1, ge=1)
+    """Processes run at a time (audit shards, training runs), each single-threaded."""
     train_variants: list[str] | None = None
+    """Curated variants to train, in order; default: every one but D_Filtered."""
     sample: SampleConfig | None = None
+    """Train on a seeded sample of the dataset per relation and split (quick studies)."""
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    """The audit's settings (annotate: section)."""
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    """The curation's settings (curate: section)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """The training settings of every variant (train: section)."""
     compare_methods: CompareMethodsConfig | None = None
+    """Compare fine-tuning methods on one mixture (Kaplan, Gekhman et al. 2026)."""
     key_overlap: KeyOverlapConfig | None = None
+    """Run the key-overlap experiment (Kaplan, Gekhman et al. 2026)."""
 
     @field_validator("train_variants")
     @classmethod

@@ -25,9 +25,13 @@ class LoraSettings(StageConfig):
     """PEFT LoRA adapters (Hu et al. 2021); ``target_modules`` is a list of module names or ``all-linear``."""
 
     r: int = Field(8, ge=1)
+    """LoRA rank."""
     alpha: float = Field(16.0, gt=0)
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
     target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or all-linear (every linear layer but the output head)."""
 
 
 class SelfDistillSettings(SelfDistillationConfig):
@@ -40,9 +44,13 @@ class SelfDistillSettings(SelfDistillationConfig):
     """
 
     teacher: str = "format_stage"
+    """The teacher: format_stage (SFT on the Known training examples first; needs categories), base (the untouched base model) or a path to a saved model."""
     format_stage_epochs: int = Field(1, ge=1)
+    """Epochs of the format stage that makes the format_stage teacher."""
     student_from_format_stage: bool = True
+    """Start the student from the format-stage model (else from the base model)."""
     cache_teacher: bool = False
+    """Compute the teacher's top-k log-probs once, store them in OUT/teacher_topk.safetensors and train without a live teacher (needs top_k)."""
 
     @model_validator(mode="after")
     def _cache_needs_top_k(self) -> "SelfDistillSettings":
@@ -67,9 +75,13 @@ class DriftSettings(StageConfig):
     """
 
     layer: int = DEFAULT_LAYER
+    """hidden_states index of the drift: 0 = embeddings, -1 = last layer."""
     split: Literal["train", "dev", "test", "ood"] = "test"
+    """The examples whose drift is measured (test: held-out facts, never trained on)."""
     categories: list[str] | None = None
+    """SliCK groups kept (HighlyKnown, MaybeKnown, WeaklyKnown, Unknown, Known); default: Known with categories, else all."""
     max_examples: int | None = Field(1000, ge=1)
+    """Cap of the drift examples (a seeded sample)."""
 
     @field_validator("categories")
     @classmethod
@@ -87,34 +99,63 @@ class TrainConfig(StageConfig):
     """Settings of one fine-tuning run (see docs/train.md for each key)."""
 
     method: Literal["sft", "selfdistill"] = "sft"
+    """sft (plain fine-tuning) or selfdistill (cross-entropy plus a KL term to a teacher)."""
     epochs: int = Field(30, ge=1)
+    """Training epochs."""
     learning_rate: float = Field(3e-4, ge=0)
+    """Peak AdamW learning rate (0 allowed: a control run)."""
     batch_size: int = Field(16, ge=1)
+    """Examples per device step."""
     gradient_accumulation_steps: int = Field(1, ge=1)
+    """Steps per optimizer update."""
     seed: int = 0
+    """Seed of initialisation (LoRA), data order and evaluation subsets."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Share of the steps with a linear warmup."""
     lr_scheduler: Scheduler = "linear"
+    """Learning-rate schedule (transformers' lr_scheduler_type)."""
     dropout: float | None = Field(None, ge=0, lt=1)
+    """Attention dropout set on the model (the paper used 0.05); default: the model's own."""
     lora: LoraSettings | None = None
+    """Train LoRA adapters instead of every weight (Hu et al. 2021)."""
     train_only: list[str] | None = None
+    """Train only parameters matching these presets (attention, mlp, embeddings, lm_head, norms, all) or regexes; repeatable."""
     early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many epochs without a better dev exact match."""
     save_every_epoch: bool = False
+    """Keep a checkpoint of every epoch in OUT/checkpoints."""
     save_best: bool = False
+    """Keep the best-dev model in OUT/best."""
     report_to: list[str] = Field(default_factory=list)
+    """Trainer reporters, e.g. tensorboard (logs in OUT/runs); repeatable."""
     eval_every_epoch: bool = True
+    """Evaluate every epoch (false: only before and after training)."""
     max_eval_examples: int | None = Field(1000, ge=1)
+    """Cap of each per-epoch evaluation set (a seeded sample)."""
     eval_batch_size: int = Field(64, ge=1)
+    """Questions decoded together in evaluation."""
     idk_phrase: str = DEFAULT_IDK
+    """The abstention answer (the answer rate counts answers that are not it)."""
     task: str | None = None  # a task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase, max_new_tokens override it
+    """A task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase and max_new_tokens set here override it."""
     prompt_template: str = DEFAULT_TEMPLATE
+    """Fine-tuning prompt; {question} is replaced by the question."""
     answer_prefix: str = ""
+    """Text before the answer in the target (e.g. a space)."""
     answer_terminator: Literal["newline", "eos"] = "newline"
+    """What ends the target: a newline or the EOS token."""
     padding_side: Literal["right", "left"] = "right"
+    """Side training batches are padded on."""
     max_new_tokens: int = Field(24, ge=1)
+    """Answer length cap in tokens (evaluation)."""
     selfdistill: SelfDistillSettings = Field(default_factory=SelfDistillSettings)
+    """Self-distillation settings (method: selfdistill)."""
     drift: DriftSettings | None = None
+    """Track the representation drift of held-out entities every epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto (CUDA when available), cpu or cuda."""
 
     @field_validator("prompt_template")
     @classmethod

@@ -40,16 +40,27 @@ class CorpusConfig(StageConfig):
     """How often, and in which forms, the pretraining corpus shows each fact."""
 
     seed: int = 0
+    """Seed of the exposure schedule and the corpus order."""
     never_seen_share: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of facts never shown in the corpus."""
     min_exposures: int = Field(1, ge=1)
+    """Fewest exposures of a shown fact."""
     max_exposures: int = Field(64, ge=1)
+    """Most exposures of a shown fact."""
     distribution: Literal["loguniform", "zipf"] = "loguniform"
+    """Distribution of exposure counts: loguniform or zipf."""
     zipf_exponent: float = Field(1.2, gt=0.0)
+    """Exponent of the zipf distribution."""
     conflict_share: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of shown facts that also appear with a wrong object."""
     conflict_gold_share: tuple[float, float] = (0.45, 0.75)
+    """Range of the gold object's share among a conflicted fact's exposures (low, high)."""
     statement_weight: float = Field(0.5, ge=0.0)
+    """Weight of statement documents."""
     qa_weight: float = Field(0.35, ge=0.0)
+    """Weight of question-answer documents."""
     instruction_weight: float = Field(0.15, ge=0.0)
+    """Weight of instruction documents."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":

@@ -43,16 +43,24 @@ STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
 class SliceSpec(BaseModel):
     """Which relations to take from EntityQuestions, and how many facts per split."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str = "entityquestions-slice"
+    """Name of the world."""
     relations: tuple[str, ...]
+    """In-distribution relations (Wikidata ids)."""
     ood_relations: tuple[str, ...] = ()
+    """OOD relations (test split only)."""
     train_per_relation: int = 500
+    """Train facts per relation."""
     dev_per_relation: int = 60
+    """Dev facts per relation."""
     test_per_relation: int = 150
+    """Test facts per relation."""
     max_answer_chars: int = 40
+    """Longest answer kept, in characters."""
     seed: int = 0
+    """Seed of the sampling."""
 
 
 #: The embedded default: six in-distribution relations of the paper with large object

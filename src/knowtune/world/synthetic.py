@@ -167,16 +167,27 @@ class SyntheticWorldConfig(StageConfig):
     """
 
     name: str = Field("synthetic", min_length=1)
+    """Name of the world."""
     seed: int = 0
+    """Seed of the generation."""
     num_entities: int = Field(1000, ge=1)
+    """Number of entities."""
     relations: int | list[str | SyntheticRelation] = len(CATALOGUE)
+    """Relations: a count (the first N of the catalogue) or catalogue ids / relation specs."""
     key_type: KeyType = "name"
+    """Entity keys: name (recombined name pieces), random (random strings) or uuid."""
     relations_per_entity: int | None = Field(None, ge=1)
+    """Relations each entity has facts of (all when unset)."""
     split_by: Literal["entity", "fact"] = "entity"
+    """Split train/dev/test by entity or by fact."""
     train_share: float = Field(0.7, ge=0.0, le=1.0)
+    """Share of the train split."""
     dev_share: float = Field(0.1, ge=0.0, le=1.0)
+    """Share of the dev split."""
     test_share: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of the test split."""
     ood_relations: int = Field(0, ge=0)
+    """Number of relations kept out of train (OOD)."""
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticWorldConfig":
