@@ -40,35 +40,65 @@ class AnnotateConfig(StageConfig):
     """
 
     model: str = "default"
+    """Model dir, Hugging Face Hub id, or default (the embedded model)."""
     data: str | None = None
+    """Dataset: .jsonl/.json/.parquet, an EntityQuestions dir, or embedded."""
     out: str | None = None
+    """Output dir (results, protocol, summary); rerunning resumes."""
     splits: list[Literal["train", "dev", "test"]] | None = None
+    """Audit only these splits (repeatable; --split is the same flag); default: every split."""
     relations: list[str] | None = None
+    """Audit only these relations (comma-separated or repeated)."""
     limit: int | None = Field(default=None, ge=1)
+    """Audit only the first N selected examples."""
     mode: Literal["lazy", "exact"] = "lazy"
+    """lazy (same categories, far fewer generations) or exact (exact P0 and Ps)."""
     n_ex: int = Field(default=10, ge=1)
+    """Few-shot prompts (exemplar sets) per relation."""
     k: int = Field(default=4, ge=0)
+    """Exemplars per prompt."""
     exemplars_from: Literal["dev", "train", "test"] = "dev"
+    """Split the exemplars come from."""
     seed: int = 0
+    """Seed of exemplar draws and samples."""
     n_samples: int = Field(default=16, ge=0)
+    """Sampled answers per prompt."""
     temperature: float = Field(default=0.5, gt=0)
+    """Sampling temperature."""
     top_k: int = Field(default=40, ge=1)
+    """Sampling top-k."""
     max_new_tokens: int = Field(default=24, ge=1)
+    """Answer length cap in tokens."""
     stop: str = Field(default="\n", min_length=1)
+    """Text that ends an answer."""
     instruction: str = ""
+    """Text before the exemplars of every few-shot prompt."""
     exemplar_template: str = "Q: {question}\nA: {answer}\n"
+    """One exemplar of the few-shot prompt ({question}, {answer})."""
     query_template: str = "Q: {question}\nA:"
+    """The question line that ends the few-shot prompt ({question})."""
     chat_template: bool = False
+    """Wrap the few-shot text in the tokenizer's chat template."""
     add_special_tokens: bool = True
+    """Let the tokenizer add its special tokens (BOS) to every prompt."""
     task: str | None = None
+    """A task YAML (docs/task.md); the prompt, tokenization, stop and match keys set here override it."""
     match: MatchConfig = Field(default_factory=MatchConfig)
+    """Answer normalisation before exact match."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto (CUDA when available), cpu or cuda."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
     prune_samples: bool = True
+    """Stop sampled answers that can no longer be correct (exact)."""
     batch_size: int = Field(default=512, ge=1)
+    """Sequences decoded together."""
     chunk_size: int = Field(default=256, ge=1)
+    """Examples per committed batch."""
     shard: str | None = None
+    """i/N: audit only shard i (0-based) of N; join the outputs with `annotate merge`."""
     overwrite: bool = False
+    """Discard results of another protocol or model found in --out."""
 
     @field_validator("exemplar_template")
     @classmethod
