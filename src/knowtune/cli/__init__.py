@@ -39,6 +39,7 @@ def _root(
 COMMAND_MODULES = {
     "annotate": "annotate", "curate": "curate", "data": "data", "pretrain": "models", "models": "models", "world": "world",
     "train": "train", "evaluate": "evaluate", "study": "study", "report": "study", "demo": "study", "keys": "study",
+    "diff": "diff",
 }
 
 

@@ -70,15 +70,19 @@ def study_command(
 
 @app.command("report")
 def report_command(
-    study_dir: Path = typer.Argument(..., help="The directory of a finished `knowtune study`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Report directory [STUDY_DIR/report]."),
+    directory: Path = typer.Argument(..., help="A finished `knowtune study` directory, or a `knowtune annotate` output directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Study: report directory [STUDY_DIR/report]. Audit: the page [AUDIT_DIR/audit.html]."),
 ) -> None:
-    """Write the study's report: one self-contained HTML page, PNGs and results.json (last line: the page)."""
+    """Write the report (last line: the page): a study's page, PNGs and results.json, or one audit's page."""
     import json
 
+    from knowtune.report.audit_page import write_audit_page
     from knowtune.report.build import build_report
 
-    page = build_report(study_dir, out)
+    if (directory / "annotations.jsonl").is_file() or (directory / "protocol.json").is_file():
+        typer.echo(str(write_audit_page(directory, out)))
+        return
+    page = build_report(directory, out)
     results = json.loads((page.parent / "results.json").read_text(encoding="utf-8"))
     print_findings(results["findings"])
     typer.echo(str(page))
