@@ -40,6 +40,7 @@ COMMANDS = {  # command -> (config model, dotted keys that are not flags: the st
     "world synth": ("knowtune.world.synthetic:SyntheticWorldConfig", set()),
     "world corpus": ("knowtune.world.corpus:CorpusConfig", set()),
     "world slice": ("knowtune.world.entityquestions:SliceSpec", set()),
+    "evaluate": ("knowtune.evaluate:EvalConfig", set()),
 }
 
 
@@ -147,6 +148,9 @@ def test_lists_choices_and_bools_of_other_stages():
     corpus = _parse("world corpus", "--conflict-gold-share", "0.4,0.8", "--distribution", "zipf")
     assert corpus.conflict_gold_share == (0.4, 0.8) and corpus.distribution == "zipf"
     assert _parse("world synth", "--entities", 40, "--key-type", "random").num_entities == 40
+    evaluate = _parse("evaluate", "--format", "fewshot", "--shots", 2, "--prompt-seed", 1, "--template", "{question}?", "--task", "t.yaml")
+    assert (evaluate.prompt.kind, evaluate.prompt.shots, evaluate.prompt.seed, evaluate.prompt.template) == ("fewshot", 2, 1, "{question}?")
+    assert evaluate.task == "t.yaml"
     spec = _parse("world slice", "--seed", 3)
     assert spec.seed == 3 and spec.relations[0] == "P19"  # the embedded slice's, not SliceSpec's
 

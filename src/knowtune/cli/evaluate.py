@@ -3,51 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from knowtune.cli import app, err_console
+from knowtune.cli.options import with_config_flags
+from knowtune.evaluate import EvalConfig
 
 console = Console()
 
 
 @app.command("evaluate")
+@with_config_flags(EvalConfig, aliases={"prompt.kind": ["--format"], "prompt.template": ["--template"], "prompt.shots": ["--shots"],
+                                        "prompt.seed": ["--seed"]})
 def evaluate_command(
-    model: Optional[str] = typer.Option(None, "--model", help="Model dir (e.g. a train run's OUT/model), Hugging Face Hub id in the local cache, or `default` [default]."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: .jsonl/.json/.parquet, an EntityQuestions dir, or `embedded`."),
     config: Optional[Path] = typer.Option(None, "--config", help="evaluate.yaml with any EvalConfig key; flags override it."),
-    task: Optional[Path] = typer.Option(None, "--task", help="A task YAML (docs/task.md): prompts, tokenization, stop rule, matching."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate: test [default], dev or train."),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="A `knowtune annotate` output dir: report per SliCK category."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.jsonl, config.yaml and task.yaml here."),
-    format: Optional[str] = typer.Option(None, "--format", help="finetuned [default]: the fine-tuning prompt; fewshot: SliCK's 4-shot Q:/A: prompt (base models)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Fine-tuning prompt template with {question} [\"Answer the following question. {question}\\n\"]."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="Exemplars per few-shot prompt, from the dev split of --data [4]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the few-shot exemplar draw [0]."),
-    idk_phrase: Optional[str] = typer.Option(None, "--idk-phrase", help="The abstention answer [\"I don't know\"]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Questions decoded together [64]."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Answer length cap in tokens [24]."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples of the split."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default: CUDA when visible), cpu or cuda."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    overrides: Optional[dict] = None,
+    flags: Optional[dict] = None,
 ) -> None:
-    """Greedy answers, exact match overall, per category and per relation, answer rate and hallucination rate."""
-    from knowtune.config import load_config
-    from knowtune.evaluate import EvalConfig
+    """Greedy answers, exact match overall, per category and per relation, answer rate and hallucination rate.
 
-    prompt = {key: value for key, value in {"kind": format, "template": template, "shots": shots, "seed": seed}.items() if value is not None}
-    overrides: dict[str, Any] = {
-        "model": model, "data": data, "split": split, "annotations": str(annotations) if annotations else None, "out": str(out) if out else None,
-        "task": str(task) if task else None, "idk_phrase": idk_phrase, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "limit": limit, "device": device, "dtype": dtype,
-    }
-    settings = load_config(EvalConfig, config, overrides)
-    if prompt:  # nested keys: flags override the YAML's prompt block key by key
-        settings = load_config(EvalConfig, None, {**settings.model_dump(exclude_unset=True), "prompt": {**settings.prompt.model_dump(exclude_unset=True), **prompt}})
-    run_evaluate(settings)
+    Every EvalConfig key is a flag (prompt keys as --prompt-kind or --format, --template, --shots, --seed); flags override --config.
+    """
+    from knowtune.config import load_config
+
+    run_evaluate(load_config(EvalConfig, config, overrides, flags))
 
 
 def run_evaluate(config) -> None:
