@@ -138,7 +138,7 @@ class TrainConfig(StageConfig):
     """Questions decoded together in evaluation."""
     idk_phrase: str = DEFAULT_IDK
     """The abstention answer (the answer rate counts answers that are not it)."""
-    task: str | None = None  # a task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase, max_new_tokens override it
+    task: str | None = None
     """A task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase and max_new_tokens set here override it."""
     prompt_template: str = DEFAULT_TEMPLATE
     """Fine-tuning prompt; {question} is replaced by the question."""
