@@ -79,9 +79,16 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
-def tiny_family_model(family: str, out_dir, *, seed: int = 0, initializer_range: float = 0.5, tokenizer_dir=None):
+# Default ``initializer_range`` where 0.5 saturates: Gemma-2 scales embeddings by sqrt(hidden)
+# and soft-caps logits, so a large init gives one answer token whatever the prompt.
+_INIT = {"gemma2": 0.03}
+
+
+def tiny_family_model(family: str, out_dir, *, seed: int = 0, initializer_range: float | None = None, tokenizer_dir=None, **overrides):
     """Save a random-initialised causal LM of ``family`` (a key of :data:`FAMILIES`) with the
-    default model's tokenizer to ``out_dir``; returns the directory."""
+    default model's tokenizer to ``out_dir``; returns the directory. ``initializer_range``
+    defaults to 0.5 (``_INIT`` per family); ``overrides`` are config keys that make a variant
+    of the family (``alibi=True`` for Falcon, another ``sliding_window``)."""
     from pathlib import Path
 
     import torch
@@ -94,7 +101,10 @@ def tiny_family_model(family: str, out_dir, *, seed: int = 0, initializer_range:
     config_class, kwargs = FAMILIES[family]
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range, **kwargs)
+        pad_token_id=tokenizer.pad_token_id, initializer_range=_INIT.get(family, 0.5) if initializer_range is None else initializer_range,
+        **{**kwargs, **overrides})
+    if hasattr(config, "init_std"):  # OPT's init reads init_std, not initializer_range, before transformers 5
+        config.init_std = config.initializer_range
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     out = Path(out_dir)
