@@ -100,9 +100,11 @@ class ServedBackend:
             for call in self._calls(request, text):
                 calls.append(call)
                 owner.append(i)
+        order = sorted(range(len(calls)), key=lambda c: calls[c].route)  # one prefix after another: the server's prompt cache hits
+        completed = dict(zip(order, self.client.complete([calls[c] for c in order])))
         rows: list[list[str]] = [[] for _ in requests]
-        for i, completions in zip(owner, self.client.complete(calls)):
-            rows[i].extend(completions)
+        for c, i in enumerate(owner):
+            rows[i].extend(completed[c])
         flat = [text for texts_ in rows for text in texts_]
         encoded = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         return [[list(next(encoded)) for _ in texts_] for texts_ in rows]
@@ -199,3 +201,16 @@ class ServedAudit:
                 log: Callable[[str], None] | None = None) -> ServedBackend:
         return ServedBackend(self.client, tokenizer, stop=stop, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                              samples_per_request=self.settings.samples_per_request, log=log)
+
+
+def served_greedy_answers(audit: ServedAudit, tokenizer, prompts: list[str], *, task) -> list[str]:
+    """:func:`knowtune.recall.greedy_answers` through the servers: the answer to each prompt text
+    (encoded by ``task`` as every stage does; the text before the stop string), prompts checked as in the audit."""
+    from knowtune.matching import extract_answer
+    from knowtune.slick.tokens import decode_batch
+
+    ids = task.prompts(tokenizer).encode(prompts)
+    backend = audit.backend(tokenizer, stop=task.generation.stop, max_new_tokens=task.generation.max_new_tokens, temperature=1.0, top_k=1)
+    backend.set_prefixes([])
+    outputs = backend.generate([Request(0, tuple(row), (GREEDY,)) for row in ids])
+    return [extract_answer(text, task.generation.stop) for text in decode_batch(tokenizer, [rows[0] for rows in outputs])]
