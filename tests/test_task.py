@@ -24,16 +24,18 @@ from knowtune.testing import run_cli, tiny_family_model, tiny_world
 N = 4  # questions followed through every stage
 
 
-def bos_tokenizer_dir(out):
-    """The default tokenizer re-saved with a post-processor that prepends ``<s>`` (Llama-2 style)."""
+def bos_tokenizer_dir(out, *, eos: bool = False):
+    """The default tokenizer re-saved with a post-processor that prepends ``<s>`` (Llama-2 style)
+    and, with ``eos``, also appends ``</s>``."""
     out.mkdir(parents=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(default_model_dir() / name, out / name)
     spec = json.loads((out / "tokenizer.json").read_text())
     bos, sequence = {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}
-    spec["post_processor"] = {"type": "TemplateProcessing", "single": [bos, sequence],
-                              "pair": [bos, sequence, {"Sequence": {"id": "B", "type_id": 1}}],
-                              "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}}
+    tail = [{"SpecialToken": {"id": "</s>", "type_id": 0}}] if eos else []
+    specials = {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}, "</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}
+    spec["post_processor"] = {"type": "TemplateProcessing", "single": [bos, sequence, *tail],
+                              "pair": [bos, sequence, {"Sequence": {"id": "B", "type_id": 1}}, *tail], "special_tokens": specials}
     (out / "tokenizer.json").write_text(json.dumps(spec))
     config = json.loads((out / "tokenizer_config.json").read_text())
     (out / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
@@ -147,6 +149,22 @@ def test_without_special_tokens_no_stage_adds_a_bos(bos_model):
     assert all(row["labels"][: len(ids)] == [-100] * len(ids) for row, ids in zip(rows, plain))
     assert prompts.encode(evaluation_prompts(tokenizer, questions, task)) == plain
     assert tokenizer.bos_token_id not in {ids[0] for ids in plain}
+
+
+def test_a_prompt_gets_the_tokenizers_bos_but_never_its_eos(tmp_path):
+    from transformers import AutoTokenizer
+
+    from knowtune.train.sft import build_sft_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(bos_tokenizer_dir(tmp_path / "tok", eos=True))
+    text = DEFAULT_TEMPLATE.replace("{question}", "Who?")
+    assert tokenizer(text)["input_ids"][-1] == tokenizer.eos_token_id  # this tokenizer appends an EOS
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert DEFAULT_TASK.prompts(tokenizer).encode([text]) == [[tokenizer.bos_token_id, *plain]]
+    (question,) = tiny_world().split("train")[:1]
+    (row,) = build_sft_rows([question], tokenizer, DEFAULT_TASK)
+    prompt = DEFAULT_TASK.prompts(tokenizer).encode([DEFAULT_TEMPLATE.replace("{question}", question.question)])[0]
+    assert row["input_ids"][: len(prompt)] == prompt and row["input_ids"].count(tokenizer.eos_token_id) == 0
 
 
 def test_task_spec_is_validated_versioned_and_hashed(tmp_path):

@@ -25,6 +25,7 @@ the spec: it is :func:`knowtune.data.splits.split_examples`, shared by every sta
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -99,8 +100,9 @@ class FinetunePrompt(StageConfig):
 
 
 class Tokenization(StageConfig):
-    """``add_special_tokens``: True = what ``tokenizer(text)`` adds by default (a BOS for
-    Llama-2/Mistral/Gemma tokenizers, nothing for GPT-2/Qwen/knowtune's own), False = none.
+    """``add_special_tokens``: True = the special tokens ``tokenizer(text)`` puts before a text
+    (a BOS for Llama-2/Mistral/Gemma tokenizers, nothing for GPT-2/Qwen/knowtune's own; never
+    an EOS after it), False = none.
     ``chat_template``: wrap each prompt as one user turn of the tokenizer's chat template
     (which writes its own special tokens, so none are added on top)."""
 
@@ -215,6 +217,20 @@ def _field(config: StageConfig, dotted: str) -> tuple[Any, bool]:
     return value, was_set
 
 
+_LEADING: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids ``tokenizer(text)`` puts before the text's own tokens (a BOS, or nothing), read
+    once per tokenizer from a probe text."""
+    if tokenizer not in _LEADING:
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+        _LEADING[tokenizer] = list(full[:start])
+    return list(_LEADING[tokenizer])
+
+
 class Prompts:
     """A :class:`TaskSpec` bound to a tokenizer: the one place prompts are rendered and encoded."""
 
@@ -254,20 +270,17 @@ class Prompts:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each prompt text: the tokenizer's own special tokens when
-        ``tokens.add_special_tokens`` (a chat template already writes its own), else none."""
+        """Token ids of each prompt text, preceded (when ``tokens.add_special_tokens``, and no chat
+        template writes its own) by the special tokens the tokenizer puts before a text: its BOS.
+        Tokens it would append after the text (an EOS, with ``add_eos_token``) are never added:
+        the model continues the prompt."""
         if not texts:
             return []
-        special = self.task.tokens.add_special_tokens and not self.task.tokens.chat_template
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]]
+        lead = leading_special_ids(self.tokenizer) if self.task.tokens.add_special_tokens and not self.task.tokens.chat_template else []
+        return [lead + list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     def encode_answers(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of answer texts that follow a prompt (never any special token)."""
         if not texts:
             return []
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
-def task_record(task: TaskSpec) -> Mapping[str, Any]:
-    """``{"task": spec, "task_hash": hash}`` for provenance records."""
-    return {"task": task.model_dump(mode="json"), "task_hash": task.hash()}
