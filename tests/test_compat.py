@@ -111,3 +111,34 @@ def test_a_cache_of_knowtunes_layers_decodes_like_the_models_own(llama):
 
 def test_require_layered_cache_passes_on_supported_versions():
     compat.require_layered_cache()
+
+
+# --- training (knowtune.train) ---------------------------------------------------------
+
+@pytest.mark.parametrize("ratio, steps, expected", [(0.0, 10, 0), (0.25, 10, 3), (0.1, 7, 1), (0.5, 1, 1), (1.0, 10, 10), (1.0, 1, 1)])
+def test_warmup_arguments_give_ceil_of_ratio_times_steps(ratio, steps, expected, tmp_path):
+    """``warmup_ratio`` (4.x) and a float ``warmup_steps`` below 1 (5.x) both warm up for
+    ceil(steps * ratio) steps; a ratio of 1 is every step, not one step."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **compat.warmup_arguments(ratio))
+    assert args.get_warmup_steps(steps) == expected
+
+
+def test_reporter_logging_dir_reaches_tensorboard(tmp_path, monkeypatch):
+    """4.x takes ``logging_dir``; 5.x's TensorBoard callback reads TENSORBOARD_LOGGING_DIR when made."""
+    import os
+
+    from transformers import TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    monkeypatch.delenv(compat.TENSORBOARD_LOGGING_DIR, raising=False)
+    target = str(tmp_path / "runs")
+    with compat.reporter_logging_dir(tmp_path / "runs") as keywords:
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", **keywords)
+        if keywords:
+            assert args.logging_dir == target
+        else:
+            assert os.environ[compat.TENSORBOARD_LOGGING_DIR] == target
+            assert compat.TENSORBOARD_LOGGING_DIR in inspect.getsource(TensorBoardCallback.__init__)
+    assert compat.TENSORBOARD_LOGGING_DIR not in os.environ

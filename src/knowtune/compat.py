@@ -15,6 +15,9 @@ SliCK engine (:mod:`knowtune.slick.generation`, :mod:`knowtune.slick.prefix_atte
   :func:`cache_from_layers` (a ``DynamicCache`` whose ``layers`` are set directly);
 * the name of the cache argument and output (``past_key_values`` in 4.x, ``cache`` in 5.x):
   :func:`cache_argument`, :func:`output_cache`.
+
+Training (:func:`knowtune.train.sft.build_trainer`): ``TrainingArguments`` keys that 5.x
+removed: :func:`warmup_arguments` (``warmup_ratio``), :func:`reporter_logging_dir` (``logging_dir``).
 """
 
 from __future__ import annotations
