@@ -157,3 +157,11 @@ def test_invalid_regex_and_empty_list_are_config_errors():
         set_trainable(model, ["layers.(0"])
     with pytest.raises(ConfigError, match="empty"):
         set_trainable(model, [])
+
+
+def test_a_preset_that_finds_no_module_is_a_config_error_naming_it():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))  # no attention, no embeddings
+    for preset in ("attention", "mlp", "embeddings", "lm_head"):
+        with pytest.raises(ConfigError, match=f"preset '{preset}' .* finds no parameter of Sequential"):
+            set_trainable(model, [preset])
+    assert set_trainable(model, ["norms"]).trainable_names == ("1.weight", "1.bias")
