@@ -30,7 +30,7 @@ def train_command(
     dev: Optional[str] = typer.Option(None, "--dev", help="Dev examples (split dev of this dataset) for early stopping and the best epoch."),
     test: Optional[str] = typer.Option(None, "--test", help="Test examples (split test of this dataset)."),
     ood: Optional[str] = typer.Option(None, "--ood", help="OOD test examples; default: the test examples of relations absent from the training data."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the last checkpoint in --out [on]; --no-resume starts over."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the last checkpoint in --out; --no-resume starts over."),
     overrides: Optional[dict] = None,
     flags: Optional[dict] = None,
 ) -> None:
