@@ -176,3 +176,18 @@ def test_help_shows_descriptions_and_defaults(capsys, monkeypatch):
 def test_shown_defaults():
     assert [_show(v) for v in (True, 3e-4, [0, 25], "I don't know", "a\n", None, "")] == \
         ["true", "0.0003", "0, 25", "I don't know", '"a\\n"', None, '""']
+
+
+def test_every_command_is_mapped_to_its_module():
+    """`knowtune CMD` imports only CMD's module (COMMAND_MODULES): each registered command must be in the map."""
+    from knowtune.cli import COMMAND_MODULES, app
+    from knowtune.cli import commands  # noqa: F401 - registers every command
+
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        assert COMMAND_MODULES.get(name) == info.callback.__module__.rsplit(".", 1)[-1], f"knowtune {name}: fix knowtune.cli.COMMAND_MODULES"
+    for info in app.registered_groups:
+        callback = info.typer_instance.registered_callback
+        commands_ = info.typer_instance.registered_commands
+        module = (callback.callback if callback and callback.callback else commands_[0].callback).__module__
+        assert COMMAND_MODULES.get(info.name) == module.rsplit(".", 1)[-1], f"knowtune {info.name}: fix knowtune.cli.COMMAND_MODULES"

@@ -39,20 +39,20 @@ def _root(
 COMMAND_MODULES = {
     "annotate": "annotate", "curate": "curate", "data": "data", "pretrain": "models", "models": "models", "world": "world",
     "train": "train", "evaluate": "evaluate", "study": "study", "report": "study", "demo": "study", "keys": "study",
-    "diff": "diff",
+    "diff": "diff", "serve": "serve",
 }
 
 
 def _register(argv: list[str] | None = None) -> None:
     """Import the command module of the command in ``argv`` (each adds its commands to ``app``), or all of them."""
-    import importlib
+    import importlib.util
 
     words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
     module = COMMAND_MODULES.get(words[0]) if words else None
-    if module is None:
-        from knowtune.cli import commands  # noqa: F401
-    else:
+    if module is not None and importlib.util.find_spec(f"knowtune.cli.{module}") is not None:
         importlib.import_module(f"knowtune.cli.{module}")
+    else:
+        from knowtune.cli import commands  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Literal, Optional, Union
 import typer
 import yaml
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from knowtune.config import NULL
 from knowtune.errors import ConfigError
@@ -113,6 +114,7 @@ def _collect(model: type[BaseModel], defaults: BaseModel | None, prefix: tuple[s
         if key in exclude:
             continue
         default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        default = None if default is PydanticUndefined else default
         help_text = (field.description or "").strip()
         block, optional = _nested_model(field.annotation)
         if block is not None:

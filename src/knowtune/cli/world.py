@@ -47,7 +47,7 @@ def path() -> None:
 
 
 @world_app.command("slice")
-@with_config_flags(SliceSpec, defaults=EMBEDDED_SLICE)
+@with_config_flags(SliceSpec, defaults=EMBEDDED_SLICE, commas=["relations", "ood_relations"])
 def slice_(
     source: Path = typer.Option(..., help="EntityQuestions root (holds relation_query_templates.json)."),
     out: Path = typer.Option(..., help="Directory to write the world to."),
