@@ -52,7 +52,7 @@ def default_gguf(tmp_path_factory) -> Path:
 def server(llama_binary, default_gguf, tmp_path_factory):
     """llama-server on 127.0.0.1 with 4 slots, for the whole session."""
     port = free_port()
-    command = llama_server_command(llama_binary, default_gguf, port=port, parallel=PARALLEL, threads=2, alias="default")
+    command = llama_server_command(llama_binary, default_gguf, port=port, parallel=PARALLEL, threads=1, alias="default")
     with LlamaServer(command, host="127.0.0.1", port=port, log_path=tmp_path_factory.mktemp("llama") / "server.log") as running:
         yield running
 
