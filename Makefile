@@ -16,7 +16,7 @@ VERSIONS := import torch, transformers, peft, accelerate, datasets; \
 	print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, " \
 	      f"accelerate {accelerate.__version__}, datasets {datasets.__version__}")
 
-.PHONY: demo test test-oldest env env-oldest clean
+.PHONY: demo test test-oldest env env-oldest llama-server clean
 
 # An existing .venv keeps the releases it has where they still satisfy pyproject.toml;
 # `make clean` then `make test` installs the newest ones afresh.
@@ -43,14 +43,19 @@ env-oldest: $(OLDEST_BIN)/knowtune
 demo: env
 	$(BIN)/knowtune demo
 
-# pytest's own exit status fails the target, 5 (no tests collected) included.
-test: env
-	@$(BIN)/python -c '$(VERSIONS)'
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# llama.cpp's llama-server (CPU), built once into ~/.cache/knowtune (docs/serving.md; needs
+# cmake, make, g++): the served-audit tests run against it, and fail rather than skip without it.
+llama-server: env
+	$(BIN)/knowtune serve build
 
-test-oldest: env-oldest
+# pytest's own exit status fails the target, 5 (no tests collected) included.
+test: env llama-server
+	@$(BIN)/python -c '$(VERSIONS)'
+	KNOWTUNE_REQUIRE_LLAMA_SERVER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-oldest: env-oldest llama-server
 	@$(OLDEST_BIN)/python -c '$(VERSIONS)'
-	$(OLDEST_BIN)/python -m pytest $(PYTEST_ARGS)
+	KNOWTUNE_REQUIRE_LLAMA_SERVER=1 $(OLDEST_BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info src/*.egg-info
