@@ -77,3 +77,20 @@ def test_other_architectures_are_refused_with_the_converter_named(tmp_path):
     with pytest.raises(KnowtuneError, match="GPT2LMHeadModel") as error:
         export_gguf(directory, tmp_path / "gpt2.gguf")
     assert "convert_hf_to_gguf.py" in error.value.fix
+
+
+def test_cli_export_gguf(tmp_path, capsys):
+    from knowtune.cli import main
+
+    def cli(*args) -> int:
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            return exit_.code or 0
+        return 0
+
+    assert cli("models", "export-gguf", "default", "--out", str(tmp_path / "m.gguf"), "--dtype", "float16") == 0
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert {t.name: t.tensor_type for t in reader.tensors}["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
+    assert cli("models", "export-gguf", "default", "--out", str(tmp_path / "x.gguf"), "--dtype", "int8") == 2
+    assert "float16" in capsys.readouterr().err

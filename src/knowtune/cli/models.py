@@ -58,6 +58,18 @@ def default_command() -> None:
     typer.echo(str(default_model_dir()))
 
 
+@models_app.command("export-gguf")
+def export_gguf_command(
+    model: str = typer.Argument("default", help="A Llama-architecture model directory, a cached hub id, or `default`."),
+    out: Path = typer.Option(..., "--out", help="The GGUF file to write."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (as the in-process audit computes) or float16."),
+) -> None:
+    """Export a model with a byte-level BPE tokenizer to GGUF for llama.cpp's llama-server, tokenizing as transformers does (docs/serving.md)."""
+    from knowtune.models.gguf import export_gguf
+
+    typer.echo(str(export_gguf(model, out, dtype=dtype)))
+
+
 @models_app.command("recall")
 def recall_command(
     model: str = typer.Argument("default", help="A knowtune-pretrained model directory, or `default`."),
