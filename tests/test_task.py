@@ -179,6 +179,8 @@ def test_task_spec_is_validated_versioned_and_hashed(tmp_path):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=key):
             load_task(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="task file not found"):
+        load_task(tmp_path / "missing.yaml")
     with pytest.raises(KeyError, match="not a task key"):
         DEFAULT_TASK.updated(temperature=0.5)
 

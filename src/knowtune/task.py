@@ -171,6 +171,8 @@ def load_task(path: str | Path) -> TaskSpec:
     """A :class:`TaskSpec` from a YAML file (an unknown key or bad value names the key)."""
     from knowtune.config import load_config
 
+    if not Path(path).is_file():
+        raise ConfigError(f"task: {path}: task file not found", fix="pass an existing task YAML to --task (keys in docs/task.md)")
     return load_config(TaskSpec, path)
 
 
