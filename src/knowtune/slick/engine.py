@@ -37,6 +37,7 @@ _RTOL = {torch.float32: 1e-3, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.f
 
 def attention_window(config) -> int | None:
     """The attention window the model's config declares (sliding or local attention), or None."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     types = getattr(config, "layer_types", None)
     if types and all(t == "full_attention" for t in types):
         return None
@@ -59,16 +60,18 @@ def choose_engine(backend, requests) -> None:
     else:
         candidates = [SHARED, PER_ROW] if backend.requested == "auto" else [backend.requested]
         probe = probe_requests(backend, requests)
-        reference = reference_logits(backend, probe)
-        rejected = []
+        reference, rejected = None, []
         for path in candidates:
-            reason = backend.static_obstacle(path, probe) or verify(backend, path, probe, reference)
+            reason = backend.static_obstacle(path, probe)
+            if reason is None:
+                reference = reference or reference_logits(backend, probe)
+                reason = verify(backend, path, probe, reference)
             if reason is None:
                 backend.engine = path
                 break
             if backend.requested != "auto":
                 raise KnowtuneError(f"engine {path!r} cannot be used for {model_name}: {reason}",
-                                    fix="use engine: auto (knowtune then picks a path verified for this model) or engine: exact")
+                                    fix="use --engine auto (knowtune then picks a path verified for this model) or --engine exact")
             rejected.append(f"{LABELS[path]} unavailable" + (f" for {model_name}" if not rejected else "") + f" ({reason})")
         else:
             backend.engine = EXACT

@@ -30,9 +30,10 @@ import torch
 
 from knowtune.compat import cache_argument, cache_layers, output_cache, require_layered_cache
 from knowtune.errors import KnowtuneError
-from knowtune.slick.engine import ENGINES, EXACT, PER_ROW, SHARED, attention_window, choose_engine
+from knowtune.slick.engine import ENGINES, EXACT, SHARED, attention_window, choose_engine
 from knowtune.slick.exact import ExactRows, exact_prefill
 from knowtune.slick.kvcache import preallocated_cache
+from knowtune.slick.prefill import Prefill, compact_prefills  # noqa: F401 (compact_prefills: part of this module's API)
 from knowtune.slick.prefix_attention import SharedPrefix, shared_prefix_attention_enabled, shared_prefix_obstacle, supports_shared_prefix
 from knowtune.slick.sampling import gumbel_noise
 from knowtune.slick.tokens import decode_batch, eos_token_ids, stop_token_mask
@@ -42,45 +43,6 @@ _COMPACT_SHARE = 0.25  # done rows leave the batch once they are this share of i
 _HEADROOM = 8  # cache positions reserved for generated tokens before the storage has to grow
 _PAD_SLACK = 1.3  # a batch's prompt tokens, padding included, stay within this factor of the real ones
 _PREFIX_BATCH = 64  # few-shot prefixes prefilled together
-
-
-@dataclass(frozen=True)
-class Prefill:
-    """A prompt's state right after its prefill, kept to decode more rows later without
-    feeding the prompt again: row ``row`` of a batch's keys and values
-    (layers, 2, R, Hkv, S, D), right-aligned over its last ``length`` positions, the logits
-    of its last position (V,), its next position and how many prefix tokens it shares."""
-
-    batch_kv: torch.Tensor
-    row: int
-    length: int
-    logits: torch.Tensor
-    next_pos: int
-    shared: int
-
-    @property
-    def kv(self) -> torch.Tensor:
-        """This prompt's keys and values, (layers, 2, Hkv, length, D)."""
-        return self.batch_kv[:, :, self.row, :, self.batch_kv.shape[4] - self.length:]
-
-
-def compact_prefills(prefills: list[Prefill | None]) -> list[Prefill | None]:
-    """Copies of ``prefills`` that hold only their own rows (one gather per source batch),
-    so the batches they came from can be freed."""
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(prefills):
-        if p is not None:
-            groups.setdefault(id(p.batch_kv), []).append(i)
-    out: list[Prefill | None] = list(prefills)
-    for members in groups.values():
-        first = prefills[members[0]]
-        rows = torch.tensor([prefills[i].row for i in members], device=first.batch_kv.device)
-        kv = first.batch_kv.index_select(2, rows)
-        logits = torch.stack([prefills[i].logits for i in members])
-        for new_row, i in enumerate(members):
-            p = prefills[i]
-            out[i] = Prefill(kv, new_row, p.length, logits[new_row], p.next_pos, p.shared)
-    return out
 
 
 @dataclass(frozen=True)
@@ -136,7 +98,7 @@ class HFBackend:
         self.cache_arg = cache_argument(model)
         self.prefix_ids: list[tuple[int, ...]] = []
         self._computed: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # ids -> per layer (Hkv, L, D)
-        self._stacked: list[tuple[torch.Tensor, torch.Tensor]] | None = []  # per layer (n_prefixes, Hkv, Lmax, D)
+        self._stacked: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (n_prefixes, Hkv, Lmax, D)
 
     def set_prefixes(self, prefixes: list[list[int]]) -> None:
         """Make ``prefixes`` the ones requests refer to (by index). The fast paths prefill
