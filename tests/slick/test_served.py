@@ -262,3 +262,20 @@ def test_api_key_is_read_from_the_named_environment_variable(llama_binary, defau
         monkeypatch.setenv("KT_TEST_KEY", "wrong")
         with pytest.raises(KnowtuneError, match="HTTP 401"):
             _client(keyed.base_url, api_key_env="KT_TEST_KEY", max_retries=0)
+
+
+def test_evaluate_greedy_answers_through_the_server_equal_in_process(server, tokenizer, world_data):
+    from knowtune.data import load_examples
+    from knowtune.models import default_model_dir, load
+    from knowtune.recall import greedy_answers
+    from knowtune.slick.served import ServedAudit, served_greedy_answers
+    from knowtune.task import DEFAULT_TASK
+
+    examples = [e for e in load_examples(world_data) if e.split == "test"][:60]
+    prompts = [DEFAULT_TASK.prompts(tokenizer).finetune(e.question) for e in examples]
+    model, _ = load("default", "cpu", "float32")
+    local = greedy_answers(model, tokenizer, prompts, task=DEFAULT_TASK)
+    audit = ServedAudit.connect(ServedSettings(backend="openai", base_url=[server.base_url]), default_model_dir())
+    served = served_greedy_answers(audit, tokenizer, prompts, task=DEFAULT_TASK)
+    assert sum(a == b for a, b in zip(local, served)) >= 0.95 * len(prompts)
+    assert any(local)
