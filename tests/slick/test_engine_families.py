@@ -176,3 +176,11 @@ def test_annotate_cli_matches_generate(name, models, tiny_world, tmp_path, capsy
         prompts = builder.encode([builder.fewshot(s.for_example(example.id), example.question) for s in plan.sets[example.relation]])
         texts = decode_batch(tokenizer, [_generate(model, backend, ids) for ids in prompts])
         assert record["greedy_answers"] == [extract_answer(t, "\n") for t in texts]
+
+
+def test_a_forced_engine_the_model_does_not_reproduce_is_exit_status_2(models, tiny_world, tmp_path, capsys):
+    directory, _, _ = models("bloom")
+    code, _, err = run_cli(capsys, "annotate", "--model", directory, "--data", tiny_world[0], "--out", tmp_path, "--split", "test",
+                           "--limit", 1, "--n-ex", 2, "--max-new-tokens", MAX_NEW, "--device", "cpu", "--engine", "shared-prefix")
+    assert code == 2 and "engine 'shared-prefix' cannot be used for BloomForCausalLM" in err and "--engine auto" in err
+    assert not (tmp_path / "annotations.jsonl").exists()
