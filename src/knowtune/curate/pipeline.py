@@ -219,8 +219,11 @@ def run_curate(config: CurateConfig) -> dict[str, Any]:
         raise KnowtuneError("no output directory given", fix="pass --out DIR")
     from knowtune.data.loaders import _garbage_collection_paused  # curation makes no reference cycles either
 
+    from knowtune.io import OutputLock, command_name
+
     with _garbage_collection_paused():
         examples = load_annotated(config.annotations, config.data)
         variants = build_variants(examples, config)
         source = {**annotation_source(config.annotations), "data": config.data, "annotated_examples": len(examples), "split": config.split}
-        return write_variants(variants, config.out, config, source)
+        with OutputLock(config.out, command_name()):
+            return write_variants(variants, config.out, config, source)
