@@ -311,10 +311,10 @@ class HFBackend:
 
     def _prefills(self, requests, cache, logits, next_pos, mask) -> list[Prefill | None]:
         """Each request's own keys/values (views without the left padding), logits and position."""
-        shapes = {tuple(layer.keys.shape) for layer in cache.layers} | {tuple(layer.values.shape) for layer in cache.layers}
-        if len(shapes) != 1:  # layers of different shapes: decode later rows from a fresh prefill
-            return [None] * len(requests)
-        kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])  # (layers, 2, R, Hkv, S, D)
+        layers = cache_layers(cache)
+        if len({tuple(k.shape) for k, _ in layers} | {tuple(v.shape) for _, v in layers}) != 1:  # layers of different shapes:
+            return [None] * len(requests)  # decode later rows from a fresh prefill
+        kv = torch.stack([torch.stack([k, v]) for k, v in layers])  # (layers, 2, R, Hkv, S, D)
         lengths, positions = mask.sum(1).tolist(), next_pos.tolist()
         return [Prefill(kv, r, n, logits[r], positions[r], self.shared_length(request)) for r, (request, n) in enumerate(zip(requests, lengths))]
 
