@@ -157,6 +157,7 @@ def main() -> None:
           f"threads={torch.get_num_threads()}", flush=True)
     knowtune_run(config.model_copy(update={"limit": 2}), out / "warmup")  # imports and first-call costs untimed
     t_lazy, g_lazy, s_lazy = knowtune_run(config.model_copy(update={"mode": "lazy"}), out / "lazy")
+    print(s_lazy["provenance"]["run"]["engine"], flush=True)  # the decoding path measured, and why
     print(f"knowtune lazy:  {t_lazy}  generations={s_lazy['overall']['generations']}  counts={s_lazy['overall']['counts']}", flush=True)
     t_exact, g_exact, s_exact = knowtune_run(config.model_copy(update={"mode": "exact"}), out / "exact")
     print(f"knowtune exact: {t_exact}  generations={s_exact['overall']['generations']}  counts={s_exact['overall']['counts']}", flush=True)
