@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base-url", action="append", default=None, help="use this running server (repeatable) instead of starting llama-server")
     parser.add_argument("--served-model", default=None, help="the served model's name (default: the one it lists)")
     parser.add_argument("--parallel", type=int, default=4, help="llama-server slots")
-    parser.add_argument("--threads", type=int, default=2, help="llama-server threads and in-process torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="llama-server threads and in-process torch threads (1: on a busy 2-core machine more threads stall in spin-waits)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per server")
     parser.add_argument("--out", default=None, help="keep both audits' outputs here (default: a temp dir)")
     return parser.parse_args()
