@@ -63,3 +63,12 @@ def test_lock_errors_name_the_path(tmp_path):
         with pytest.raises(KnowtuneError, match="cannot write here"):
             with OutputLock(read_only / "out"):
                 pass
+
+
+def test_a_directory_the_lock_created_is_removed_when_nothing_was_written(tmp_path):
+    with OutputLock(tmp_path / "empty"):
+        pass
+    assert not (tmp_path / "empty").exists()
+    with OutputLock(tmp_path / "used"):
+        atomic_write_text(tmp_path / "used" / "out.json", "{}")
+    assert (tmp_path / "used" / "out.json").is_file()

@@ -74,7 +74,8 @@ class OutputLock:
     ``fcntl.flock`` on ``DIR/.knowtune.lock``: the kernel drops the lock when the process
     exits in any way (``kill -9`` included), so a stale lock never blocks a rerun. A second
     process on the same directory gets a :class:`~knowtune.errors.KnowtuneError` (exit 2)
-    naming the holder. On acquiring, temporary files left by killed writes are removed.
+    naming the holder. On acquiring, temporary files left by killed writes are removed; a
+    directory the lock created is removed again if the command wrote nothing into it.
     """
 
     def __init__(self, directory: str | Path, command: str = "knowtune"):
@@ -87,6 +88,7 @@ class OutputLock:
 
         if self.directory.exists() and not self.directory.is_dir():
             raise KnowtuneError(f"{self.directory} exists and is not a directory", fix="pass another --out, or move that file away")
+        self._created = not self.directory.exists()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             handle = open(self.directory / LOCK_FILE, "a+", encoding="utf-8")
@@ -110,10 +112,14 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._handle is None:
+            return
+        if self._created and [p.name for p in self.directory.iterdir()] == [LOCK_FILE]:
+            (self.directory / LOCK_FILE).unlink()  # still locked by us: no other process holds it open
+            self.directory.rmdir()
+        fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
 
 
 def command_name() -> str:

@@ -28,9 +28,14 @@ def evaluate_command(
 
     Every EvalConfig key is a flag (prompt keys as --prompt-kind or --format, --template, --shots, --seed); flags override --config.
     """
-    from knowtune.config import load_config
+    from contextlib import nullcontext
 
-    run_evaluate(load_config(EvalConfig, config, overrides, flags))
+    from knowtune.config import load_config
+    from knowtune.io import OutputLock, command_name
+
+    settings = load_config(EvalConfig, config, overrides, flags)
+    with OutputLock(settings.out, command_name()) if settings.out is not None else nullcontext():
+        run_evaluate(settings)
 
 
 def run_evaluate(config) -> None:

@@ -37,8 +37,13 @@ def _run(settings, report: bool) -> Path:
     from knowtune.report.build import build_report
     from knowtune.study.pipeline import run_study
 
+    from contextlib import nullcontext
+
+    from knowtune.io import OutputLock, command_name
+
     started = time.perf_counter()
-    result = run_study(settings, log=_log)
+    with OutputLock(settings.out, command_name()) if settings.out else nullcontext():
+        result = run_study(settings, log=_log)
     console.print("stages: " + ", ".join(f"{name} {status}" for name, status in result["stages"].items()), highlight=False)
     print_findings(result["analysis"]["findings"])
     if not report:

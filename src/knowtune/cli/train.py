@@ -39,14 +39,16 @@ def train_command(
     Every TrainConfig key is a flag (nested keys joined by -: --selfdistill-teacher, --lora-r); flags override --config.
     """
     from knowtune.config import load_config
+    from knowtune.io import OutputLock, command_name
     from knowtune.train.sft import train_model
 
     settings = load_config(TrainConfig, config, overrides, flags)
     splits = load_training_data(data, dev=dev, test=test, ood=ood)
     categories = _categories(annotations, list(splits.all))
     err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
-    result = train_model(settings, model, splits, categories, out,
-                         resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+    with OutputLock(out, command_name()):
+        result = train_model(settings, model, splits, categories, out,
+                             resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     console.print(_summary_table(result))
     typer.echo(str(result.model_dir))
 
