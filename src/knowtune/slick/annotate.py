@@ -39,6 +39,7 @@ from knowtune.slick.protocol import AnnotateConfig, build_protocol, in_shard, pa
 from knowtune.slick.pruning import pruner
 from knowtune.slick.results import check_out_dir, write_outputs
 from knowtune.slick.sampling import sample_keys
+from knowtune.slick.served import ServedAudit, load_tokenizer
 from knowtune.slick.store import AnnotationStore, StoredRow
 from knowtune.slick.tokens import decode_batch
 from knowtune.task import Prompts, TaskSpec, save_task
@@ -115,18 +116,22 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
 
     if not config.out:
         raise KnowtuneError("no output directory given", fix="pass --out DIR")
+    config.check_served()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     plan = plan_audit(config, dtype)
     config = config.resolved()
     model_dir = resolve_model_dir(config.model)
-    fingerprint = model_fingerprint(model_dir)
+    served = ServedAudit.connect(config, model_dir) if config.served() else None  # results keyed by the servers' model and protocol
+    plan = served.plan(plan) if served else plan
+    fingerprint = served.fingerprint if served else model_fingerprint(model_dir)
     out = Path(config.out)
     check_out_dir(out, plan.protocol_hash, fingerprint, plan.protocol, overwrite=config.overwrite)
     with AnnotationStore(out / "annotations.sqlite") as store:
         done = store.done(fingerprint, plan.protocol_hash)
         pending = [(i, e) for i, e in plan.examples if done.get(e.id) != example_hash(e)]
-        model_and_tokenizer = load(model_dir, device, dtype) if pending else None  # fails before anything is written
+        model_and_tokenizer = (((None, load_tokenizer(model_dir)) if served else load(model_dir, device, dtype))
+                               if pending else None)  # fails before anything is written
         atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
         save_config(config, out / "config.yaml")
         save_task(plan.task, out)
@@ -134,8 +139,9 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
         started = time.perf_counter()
         if model_and_tokenizer is not None:
             model, tokenizer = model_and_tokenizer
-            backend = HFBackend(model, tokenizer, stop=plan.task.generation.stop, max_new_tokens=plan.task.generation.max_new_tokens,
-                                temperature=config.temperature, top_k=config.top_k, batch_size=config.batch_size)
+            decoding = dict(stop=plan.task.generation.stop, max_new_tokens=plan.task.generation.max_new_tokens, temperature=config.temperature,
+                            top_k=config.top_k)
+            backend = served.backend(tokenizer, **decoding) if served else HFBackend(model, tokenizer, **decoding, batch_size=config.batch_size)
             builder = plan.task.prompts(tokenizer)
             _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
         wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}

@@ -17,17 +17,17 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from knowtune import __version__
-from knowtune.config import StageConfig
 from knowtune.errors import ConfigError
 from knowtune.matching import MatchConfig
 from knowtune.provenance import config_hash
+from knowtune.serving.config import ServedSettings
 from knowtune.task import TaskSpec, check_template, resolve_task
 
 PROTOCOL_VERSION = 1
 SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step, token id) v1"
 
 
-class AnnotateConfig(StageConfig):
+class AnnotateConfig(ServedSettings):
     """Settings of ``knowtune annotate`` (YAML keys = CLI flags with ``-`` for ``_``).
 
     Protocol fields (they change results, so they enter the protocol hash): ``n_ex``,
@@ -37,6 +37,8 @@ class AnnotateConfig(StageConfig):
     task spec (:mod:`knowtune.task`): ``task`` names a task YAML file, and the keys set here
     override it. Run fields (``device``, ``batch_size``, ``chunk_size``,
     ``shard``, ``prune_samples``, ...) only change speed or which examples one process handles.
+    ``backend: openai`` and its fields (:class:`~knowtune.serving.config.ServedSettings`) audit
+    through servers; the protocol then records them (:func:`knowtune.slick.served.served_protocol`).
     """
 
     model: str = "default"
