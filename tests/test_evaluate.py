@@ -131,7 +131,8 @@ def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(cap
     settings = {"model": str(tiny_pretrained), "data": str(tmp_path / "data.jsonl"), "split": "dev", "annotations": None,
                 "out": str(tmp_path / "eval"), "task": str(tmp_path / "task.yaml"),
                 "prompt": {"kind": "fewshot", "template": "Q: {question}\n", "shots": 2, "seed": 3},
-                "idk_phrase": "No idea", "batch_size": 7, "max_new_tokens": 9, "limit": 4, "device": "cpu", "dtype": "float32"}
+                "idk_phrase": "No idea", "batch_size": 7, "max_new_tokens": 9, "limit": 4, "device": "cpu", "dtype": "float32",
+                "data_fields": {"question": "question", "answer": None, "relation": None, "split": None, "id": None}}
     assert set(settings) == set(EvalConfig.model_fields)  # the YAML below sets every key
     (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(settings))
     code, _, err = run_cli(capsys, "evaluate", "--config", tmp_path / "evaluate.yaml", "--shots", "3", "--dtype", "bfloat16")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from knowtune.config import StageConfig
+from knowtune.data.formats import DataFields
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
 from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, is_correct, normalize_answer
@@ -283,7 +284,9 @@ class EvalConfig(StageConfig):
     model: str = "default"
     """Model dir (e.g. a train run's OUT/model), Hugging Face Hub id, or default."""
     data: str | None = None
-    """Dataset: .jsonl/.json/.parquet, an EntityQuestions dir, or embedded."""
+    """Dataset: any format of docs/data.md, or embedded."""
+    data_fields: DataFields = Field(default_factory=DataFields)
+    """Record keys of the data's fields when they differ from knowtune's (--question-field, --answer-field, ...)."""
     split: Literal["train", "dev", "test"] = "test"
     """Split to evaluate."""
     annotations: str | None = None

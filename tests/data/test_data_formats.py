@@ -136,3 +136,33 @@ def test_every_format_round_trips_through_save_examples(tmp_path, write):
     path = write("chat.jsonl", [_chat("Where was Ada Lovelace born?", "London", system="Be brief.")])
     save_examples(load_examples(path), tmp_path / "out.jsonl")
     assert load_examples(tmp_path / "out.jsonl")[0].metadata["system"] == "Be brief."
+
+
+def _mapped_dataset(tmp_path):
+    rows = [{"prompt": q, "completion": a, "part": split, "uid": f"{split}-{i}"}
+            for split in ("train", "dev", "test") for i, (q, a) in enumerate([("Where was Ada Lovelace born?", "London"),
+                                                                              ("Who wrote Hamlet?", "Shakespeare")])]
+    path = tmp_path / "mapped.csv"
+    path.write_text("prompt,completion,part,uid\n" + "".join(f"{r['prompt']},{r['completion']},{r['part']},{r['uid']}\n" for r in rows))
+    return path
+
+
+FIELD_FLAGS = ["--question-field", "prompt", "--answer-field", "completion", "--split-field", "part", "--id-field", "uid"]
+
+
+def test_field_flags_in_data_check_evaluate_and_train(capsys, tmp_path):
+    from knowtune.testing import run_cli
+
+    path = _mapped_dataset(tmp_path)
+    code, _, err = run_cli(capsys, "data", "check", path)
+    assert code == 2 and "--question-field" in " ".join(err.split())
+    code, out, err = run_cli(capsys, "data", "check", path, *FIELD_FLAGS)
+    assert code == 0 and "6 valid examples" in out, err
+    code, _, err = run_cli(capsys, "evaluate", "--model", "default", "--data", path, *FIELD_FLAGS, "--out", tmp_path / "eval")
+    assert code == 0, err
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in predictions) == ["test-0", "test-1"]
+    assert "data_fields" in (tmp_path / "eval" / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, "train", "--data", path, *FIELD_FLAGS, "--epochs", "1", "--out", tmp_path / "train")
+    assert code == 0, err
+    assert "1 train" not in err and "2 train" in " ".join(err.split())

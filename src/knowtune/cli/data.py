@@ -24,17 +24,25 @@ SplitChoice = Enum("SplitChoice", {name: name for name in SPLITS}, type=str)  # 
 
 @data_app.command("check")
 def check(
-    path: Path = typer.Argument(..., help="A .jsonl/.json/.parquet file, or an EntityQuestions folder <dir>/{train,dev,test}/<relation>.<split>.jsonl."),
+    path: Path = typer.Argument(..., help="A .jsonl/.json/.parquet/.csv/.tsv file, a `datasets` save_to_disk folder, hf:NAME (cached), or an EntityQuestions folder (docs/data.md)."),
     split: Optional[SplitChoice] = typer.Option(None, "--split", help="Count only this split (filters still see every split)."),
     drop_multi_answer: bool = typer.Option(False, "--drop-multi-answer", help="Drop examples with more than one gold answer (as the paper does)."),
     drop_test_overlap: bool = typer.Option(False, "--drop-test-overlap", help="Drop train examples whose subject is also a test subject (as the paper does)."),
     templates: Optional[Path] = typer.Option(None, "--templates", help=f"Relation question templates; default: {TEMPLATES_NAME} inside PATH when it is a folder."),
+    question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
+    relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
+    split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
 ) -> None:
     """Validate a dataset and print its examples per relation and split; write nothing.
 
     Bad input stops with the file, the line and the fix (exit status 2).
     """
-    examples = load_examples(path)
+    from knowtune.data.formats import DataFields
+
+    fields = DataFields(question=question_field, answer=answer_field, relation=relation_field, split=split_field, id=id_field)
+    examples = load_examples(path, fields=fields)
     relation_templates = _templates(path, templates) if drop_test_overlap else None
     kept, report = apply_filters(examples, multi_answer=drop_multi_answer, test_overlap=drop_test_overlap, templates=relation_templates)
     if split is not None:

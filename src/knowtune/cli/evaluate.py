@@ -11,6 +11,7 @@ from rich.table import Table
 
 from knowtune.cli import app, err_console
 from knowtune.cli.options import with_config_flags
+from knowtune.data.formats import FIELD_FLAG_ALIASES
 from knowtune.evaluate import EvalConfig
 
 console = Console()
@@ -18,7 +19,7 @@ console = Console()
 
 @app.command("evaluate")
 @with_config_flags(EvalConfig, aliases={"prompt.kind": ["--format"], "prompt.template": ["--template"], "prompt.shots": ["--shots"],
-                                        "prompt.seed": ["--seed"]})
+                                        "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES})
 def evaluate_command(
     config: Optional[Path] = typer.Option(None, "--config", help="evaluate.yaml with any EvalConfig key; flags override it."),
     overrides: Optional[dict] = None,
@@ -49,7 +50,7 @@ def run_evaluate(config) -> None:
     if not config.data:
         raise KnowtuneError("no dataset given", fix="pass --data PATH (a .jsonl/.json/.parquet file, an EntityQuestions directory, or `embedded`), or data: in --config")
     task = config.task_spec()
-    examples = load_examples(resolve_data_path(config.data))
+    examples = load_examples(resolve_data_path(config.data), fields=config.data_fields)
     selected = [ex for ex in examples if ex.split == config.split][: config.limit]
     if not selected:
         raise KnowtuneError(f"{config.data}: no examples of the {config.split} split", fix="pick another --split, or check --data")

@@ -31,6 +31,11 @@ def train_command(
     test: Optional[str] = typer.Option(None, "--test", help="Test examples (split test of this dataset)."),
     ood: Optional[str] = typer.Option(None, "--ood", help="OOD test examples; default: the test examples of relations absent from the training data."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the last checkpoint in --out; --no-resume starts over."),
+    question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
+    relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
+    split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
     overrides: Optional[dict] = None,
     flags: Optional[dict] = None,
 ) -> None:
@@ -43,7 +48,10 @@ def train_command(
     from knowtune.train.sft import train_model
 
     settings = load_config(TrainConfig, config, overrides, flags)
-    splits = load_training_data(data, dev=dev, test=test, ood=ood)
+    from knowtune.data.formats import DataFields
+
+    fields = DataFields(question=question_field, answer=answer_field, relation=relation_field, split=split_field, id=id_field)
+    splits = load_training_data(data, dev=dev, test=test, ood=ood, fields=fields)
     categories = _categories(annotations, list(splits.all))
     err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
     with OutputLock(out, command_name()):
@@ -53,9 +61,9 @@ def train_command(
     typer.echo(str(result.model_dir))
 
 
-def load_training_data(data: str, *, dev: str | None = None, test: str | None = None, ood: str | None = None) -> Splits:
+def load_training_data(data: str, *, dev: str | None = None, test: str | None = None, ood: str | None = None, fields=None) -> Splits:
     """The run's splits of ``data`` (:func:`knowtune.data.splits.load_splits`); an error when it has no training example."""
-    splits = load_splits(data, dev=dev, test=test, ood=ood)
+    splits = load_splits(data, dev=dev, test=test, ood=ood, fields=fields)
     if not splits.train:
         raise KnowtuneError(f"{data}: no examples of the train split", fix="pass a dataset whose records have split train (or no split field) to --data")
     return splits

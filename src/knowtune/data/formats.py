@@ -27,10 +27,40 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from knowtune.errors import DataError
 
 HF_PREFIX = "hf:"
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "model": "assistant", "bot": "assistant"}
+
+
+class DataFields(BaseModel):
+    """The ``data_fields`` config block: which record key holds each field (unset: knowtune's own name)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    question: str | None = None
+    """Record key of the question [question]."""
+    answer: str | None = None
+    """Record key of the gold answer(s), a string or a list [answers, or answer]."""
+    relation: str | None = None
+    """Record key of the relation (exemplars are drawn per relation) [relation]."""
+    split: str | None = None
+    """Record key of the split: train, dev or test [split]."""
+    id: str | None = None
+    """Record key of the example id [id]."""
+
+    def field_map(self) -> "FieldMap":
+        """The :class:`FieldMap` these keys give (``answer`` maps both the list and the string form)."""
+        values = self.model_dump(exclude_none=True)
+        if "answer" in values:
+            values["answers"] = values["answer"]
+        return FieldMap.of(values)
+
+
+#: ``--question-field`` etc.: the flag names of the :class:`DataFields` keys.
+FIELD_FLAG_ALIASES = {f"data_fields.{name}": [f"--{name}-field"] for name in ("question", "answer", "relation", "split", "id")}
 
 
 @dataclass(frozen=True)
@@ -45,8 +75,10 @@ class FieldMap:
     id: str = "id"
 
     @classmethod
-    def of(cls, mapping: dict[str, str | None] | FieldMap | None) -> FieldMap:
-        """A FieldMap from ``{field: key}`` (``None`` values keep the default)."""
+    def of(cls, mapping: dict[str, str | None] | FieldMap | DataFields | None) -> FieldMap:
+        """A FieldMap from ``{field: key}`` or a :class:`DataFields` block (``None`` values keep the default)."""
+        if isinstance(mapping, DataFields):
+            return mapping.field_map()
         if mapping is None or isinstance(mapping, FieldMap):
             return mapping or cls()
         known = {f.name for f in fields(cls)}

@@ -79,13 +79,16 @@ def split_examples(examples: Sequence[QAExample], *, dev: Sequence[QAExample] | 
     return Splits(train, dev, [ex for ex in test if ex.relation in relations], [ex for ex in test if ex.relation not in relations])
 
 
-def load_splits(data: str | Path, *, dev: str | Path | None = None, test: str | Path | None = None, ood: str | Path | None = None) -> Splits:
+def load_splits(data: str | Path, *, dev: str | Path | None = None, test: str | Path | None = None, ood: str | Path | None = None,
+                fields=None) -> Splits:
     """:func:`split_examples` of the dataset ``data`` (a path or ``embedded``); ``dev``, ``test`` and
-    ``ood`` name other datasets whose records default to that split."""
+    ``ood`` name other datasets whose records default to that split; ``fields`` maps record keys
+    (:class:`~knowtune.data.formats.FieldMap` or ``DataFields``) for all of them."""
     from knowtune.data.loaders import load_examples
     from knowtune.world.embedded import resolve_data_path
 
     def load(spec: str | Path | None, split: str) -> list[QAExample] | None:
-        return load_examples(resolve_data_path(spec), split=split) if spec else None
+        return load_examples(resolve_data_path(spec), split=split, fields=fields) if spec else None
 
-    return split_examples(load_examples(resolve_data_path(data)), dev=load(dev, "dev"), test=load(test, "test"), ood=load(ood, "test"))
+    return split_examples(load_examples(resolve_data_path(data), fields=fields), dev=load(dev, "dev"), test=load(test, "test"),
+                          ood=load(ood, "test"))
