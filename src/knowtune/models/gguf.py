@@ -33,6 +33,7 @@ import numpy as np
 from knowtune.errors import KnowtuneError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+EXPORT_VERSION = 1  # part of the cache key of exported files (knowtune.serving.llama.model_gguf)
 _FIX_CONVERTER = "export it with llama.cpp's convert_hf_to_gguf.py instead (it knows many more models and tokenizers)"
 
 

@@ -14,7 +14,6 @@ and the last error. Other 4xx answers are not retried: they say the request itse
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence

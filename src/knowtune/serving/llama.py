@@ -98,12 +98,12 @@ def _run(command: list[str]) -> None:
 def model_gguf(model: str = "default", *, out: str | Path | None = None) -> Path:
     """The GGUF of ``model``: ``out`` if given (always written), else a cached export keyed by the model's fingerprint."""
     from knowtune.models import resolve_model_dir
-    from knowtune.models.gguf import export_gguf
+    from knowtune.models.gguf import EXPORT_VERSION, export_gguf
     from knowtune.provenance import model_fingerprint
 
     if out is not None:
         return export_gguf(model, out)
-    cached = cache_dir() / "gguf" / f"{model_fingerprint(resolve_model_dir(model))}.gguf"
+    cached = cache_dir() / "gguf" / f"{model_fingerprint(resolve_model_dir(model))}-v{EXPORT_VERSION}.gguf"
     return cached if cached.is_file() else export_gguf(model, cached)
 
 
