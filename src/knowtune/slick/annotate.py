@@ -110,8 +110,9 @@ def plan_audit(config: AnnotateConfig, dtype: str) -> AuditPlan:
     return AuditPlan(examples=mine, total=len(audited), sets=sets, protocol=protocol, protocol_hash=protocol_hash(protocol), task=task)
 
 
-def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None) -> dict[str, Any]:
-    """Run (or resume) the audit described by ``config``; returns the summary written to ``summary.json``."""
+def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the audit described by ``config``; returns the summary written to ``summary.json``.
+    ``log`` receives one line naming the decoding path (engine) and why it was chosen."""
     from knowtune.models import load, resolve_device, resolve_dtype, resolve_model_dir
 
     if not config.out:
@@ -136,19 +137,21 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
         save_config(config, out / "config.yaml")
         save_task(plan.task, out)
         store.set_meta({"shard": config.shard, "expected": len(plan.examples), "total": plan.total, "model": config.model})
-        started = time.perf_counter()
+        started, engine = time.perf_counter(), None
         if model_and_tokenizer is not None:
             model, tokenizer = model_and_tokenizer
             decoding = dict(stop=plan.task.generation.stop, max_new_tokens=plan.task.generation.max_new_tokens, temperature=config.temperature,
-                            top_k=config.top_k)
-            backend = served.backend(tokenizer, **decoding) if served else HFBackend(model, tokenizer, **decoding, batch_size=config.batch_size)
+                            top_k=config.top_k, log=log)
+            backend = (served.backend(tokenizer, **decoding) if served else
+                       HFBackend(model, tokenizer, **decoding, batch_size=config.batch_size, engine=config.engine))
             builder = plan.task.prompts(tokenizer)
             _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
+            engine = backend.engine_note
         wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}
         rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id, (None,))[0] == r.example_hash]
         rows.sort(key=lambda r: wanted[r.example_id][1])  # today's dataset order
     run_info = {"model": config.model, "model_dir": str(model_dir), "device": device, "shard": config.shard, "expected": len(plan.examples),
-                "examples_this_run": len(pending), "seconds_this_run": round(time.perf_counter() - started, 3)}
+                "examples_this_run": len(pending), "seconds_this_run": round(time.perf_counter() - started, 3), "engine": engine}
     return write_outputs(out, rows, plan.protocol_hash, fingerprint, config.model_dump(mode="json"), config.seed, run_info)
 
 

@@ -91,6 +91,8 @@ class AnnotateConfig(ServedSettings):
     """auto (CUDA when available), cpu or cuda."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
+    engine: Literal["auto", "shared-prefix", "per-row-copy", "exact"] = "auto"
+    """Decoding path: auto (the fastest path verified on the model), shared-prefix, per-row-copy or exact (docs/annotate.md)."""
     prune_samples: bool = True
     """Stop sampled answers that can no longer be correct (exact)."""
     batch_size: int = Field(default=512, ge=1)
