@@ -28,9 +28,9 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from knowtune.config import StageConfig
 from knowtune.errors import ConfigError, KnowtuneError
@@ -56,47 +56,42 @@ def check_template(value: str, key: str, fields: tuple[str, ...]) -> str:
     return value
 
 
+def _question_slot(value: str) -> str:
+    if "{question}" not in value:
+        raise ValueError("must contain {question}, e.g. 'Answer the following question. {question}\\n'")
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be non-blank text, e.g. \"I don't know\"")
+    return value
+
+
+#: Validated string types shared by every config that holds these prompt parts.
+ExemplarTemplate = Annotated[str, AfterValidator(lambda v: check_template(v, "exemplar_template", ("{question}", "{answer}")))]
+QueryTemplate = Annotated[str, AfterValidator(lambda v: check_template(v, "query_template", ("{question}",)))]
+FinetuneTemplate = Annotated[str, AfterValidator(_question_slot)]
+IdkPhrase = Annotated[str, AfterValidator(_non_blank)]
+
+
 class FewShotPrompt(StageConfig):
     """SliCK's k-shot prompt: ``instruction``, k rendered exemplars, then the query line."""
 
     instruction: str = ""
-    exemplar_template: str = "Q: {question}\nA: {answer}\n"
-    query_template: str = "Q: {question}\nA:"
+    exemplar_template: ExemplarTemplate = "Q: {question}\nA: {answer}\n"
+    query_template: QueryTemplate = "Q: {question}\nA:"
     k: int = Field(4, ge=0)
     exemplars_from: Literal["dev", "train", "test"] = "dev"
-
-    @field_validator("exemplar_template")
-    @classmethod
-    def _exemplar_fields(cls, value: str) -> str:
-        return check_template(value, "exemplar_template", ("{question}", "{answer}"))
-
-    @field_validator("query_template")
-    @classmethod
-    def _query_fields(cls, value: str) -> str:
-        return check_template(value, "query_template", ("{question}",))
 
 
 class FinetunePrompt(StageConfig):
     """The fine-tuning input ``template`` (``{question}`` replaced literally, other braces are
     text), the target's ``answer_prefix`` and the abstention answer ``idk_phrase``."""
 
-    template: str = DEFAULT_TEMPLATE
+    template: FinetuneTemplate = DEFAULT_TEMPLATE
     answer_prefix: str = ""
-    idk_phrase: str = DEFAULT_IDK
-
-    @field_validator("template")
-    @classmethod
-    def _has_question_slot(cls, value: str) -> str:
-        if "{question}" not in value:
-            raise ValueError("must contain {question}, e.g. 'Answer the following question. {question}\\n'")
-        return value
-
-    @field_validator("idk_phrase")
-    @classmethod
-    def _idk_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be non-blank text, e.g. \"I don't know\"")
-        return value
+    idk_phrase: IdkPhrase = DEFAULT_IDK
 
 
 class Tokenization(StageConfig):

@@ -12,7 +12,6 @@ doing about the Unknown examples.
 from __future__ import annotations
 
 import html
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 
 from knowtune.errors import KnowtuneError
 from knowtune.report.html import _CSS, _figure, _table
+from knowtune.report.plots import CATEGORY_COLOURS, png_bytes
 from knowtune.slick.categories import CATEGORIES, KNOWN
 
 PAGE_FILE = "audit.html"
 _EXAMPLES_PER_CATEGORY = 8
-_COLOURS = {"HighlyKnown": "#1b7837", "MaybeKnown": "#7fbf7b", "WeaklyKnown": "#f1a340", "Unknown": "#b2182b"}
 
 
 def load_audit_dir(directory: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -59,11 +58,11 @@ def figures(records: list[dict[str, Any]]) -> dict[str, bytes]:
         for relation in relations:
             items = [r for r in records if r["relation"] == relation]
             shares.append(sum(r["category"] == category for r in items) / len(items))
-        ax.barh(relations, shares, left=left, color=_COLOURS[category], label=category)
+        ax.barh(relations, shares, left=left, color=CATEGORY_COLOURS[category], label=category)
         left = [a + b for a, b in zip(left, shares)]
     ax.set_xlabel("share of examples")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8, frameon=False)
-    out["categories"] = _png(fig)
+    out["categories"] = png_bytes(fig)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, key, label in ((axes[0], "p0", "P0 = P_Correct(greedy)"), (axes[1], "ps", "Ps = P_Correct(T = 0.5)")):
         values = [r[key] for r in records if r.get(key) is not None]
@@ -72,18 +71,8 @@ def figures(records: list[dict[str, Any]]) -> dict[str, bytes]:
         ax.set_ylabel("examples")
         if key == "ps":
             ax.set_title(f"{len(values)} of {len(records)} examples sampled", fontsize=9)
-    out["distributions"] = _png(fig)
+    out["distributions"] = png_bytes(fig)
     return out
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def advice(records: list[dict[str, Any]]) -> str:

@@ -18,7 +18,7 @@ from knowtune.slick.categories import CATEGORIES  # noqa: E402
 CATEGORY_COLOURS = {"HighlyKnown": "#1b7837", "MaybeKnown": "#7fbf7b", "WeaklyKnown": "#f1a340", "Unknown": "#b2182b"}
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
@@ -38,7 +38,7 @@ def accuracy_by_epoch(curves: Mapping[str, Sequence[Mapping[str, Any]]], variant
     axis.set(xlabel="epoch (0 = base model)", ylabel="test accuracy (EM %)", title="Test accuracy during fine-tuning (star: EARLY_STOP)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, ncol=2)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def fitted_by_category(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
@@ -66,7 +66,7 @@ def fitted_by_category(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> byt
     if handles:
         axes[0, 0].legend(list(handles.values()), list(handles), fontsize=7, loc="lower right")
     figure.suptitle("Fitted training examples per SliCK category")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def es_vs_conv(variants: Mapping[str, Mapping[str, Any]], paper: Mapping[str, Mapping[str, float] | None]) -> bytes:
@@ -84,7 +84,7 @@ def es_vs_conv(variants: Mapping[str, Mapping[str, Any]], paper: Mapping[str, Ma
     axis.set(ylabel="test accuracy (EM %)", title="EARLY_STOP against CONVERGENCE")
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def linear_model_fit(points: Sequence[Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]]) -> bytes:
@@ -104,7 +104,7 @@ def linear_model_fit(points: Sequence[Mapping[str, Any]], models: Mapping[str, M
         r2 = "n/a" if model["r2"] is None else f"{model['r2']:.2f}"
         axis.text(0.03, 0.92, f"R² = {r2}", transform=axis.transAxes)
         axis.grid(alpha=0.3)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def category_distribution(shares: Mapping[str, Mapping[str, float]], paper: Mapping[str, float]) -> bytes:
@@ -119,7 +119,7 @@ def category_distribution(shares: Mapping[str, Mapping[str, float]], paper: Mapp
     axis.set(ylabel="share of examples (%)", title="SliCK category distribution")
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def categories_by_exposure(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -134,7 +134,7 @@ def categories_by_exposure(rows: Sequence[Mapping[str, Any]]) -> bytes:
     axis.set(xlabel="pretraining exposures of the fact (per corpus pass)", ylabel="share of facts (%)",
              title="SliCK categories against pretraining exposure")
     axis.legend(fontsize=8, loc="upper left")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def method_dynamics(curves: Mapping[str, Sequence[Mapping[str, Any]]], labels: Mapping[str, str]) -> bytes:
@@ -160,7 +160,7 @@ def method_dynamics(curves: Mapping[str, Sequence[Mapping[str, Any]]], labels: M
             handles.setdefault(label, handle)
     axes[1].legend(list(handles.values()), list(handles), fontsize=7)
     figure.suptitle("Learning new facts against keeping known ones, per method")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def forgetting_against_learning(table: Sequence[Mapping[str, Any]]) -> bytes:
@@ -173,7 +173,7 @@ def forgetting_against_learning(table: Sequence[Mapping[str, Any]]) -> bytes:
     axis.set(xlabel="Unknown training facts fitted (%)", ylabel="held-out Known forgetting (points)",
              title="Forgetting against new-fact learning (lower right is best)")
     axis.grid(alpha=0.3)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def key_overlap(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -190,4 +190,4 @@ def key_overlap(rows: Sequence[Mapping[str, Any]]) -> bytes:
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)

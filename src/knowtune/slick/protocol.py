@@ -21,7 +21,7 @@ from knowtune.errors import ConfigError
 from knowtune.matching import MatchConfig
 from knowtune.provenance import config_hash
 from knowtune.serving.config import ServedSettings
-from knowtune.task import TaskSpec, check_template, resolve_task
+from knowtune.task import ExemplarTemplate, QueryTemplate, TaskSpec, resolve_task
 
 PROTOCOL_VERSION = 1
 SAMPLER = "gumbel-top-k, counter-based hash noise keyed by (seed, example, prompt, sample, step, token id) v1"
@@ -75,9 +75,9 @@ class AnnotateConfig(ServedSettings):
     """Text that ends an answer."""
     instruction: str = ""
     """Text before the exemplars of every few-shot prompt."""
-    exemplar_template: str = "Q: {question}\nA: {answer}\n"
+    exemplar_template: ExemplarTemplate = "Q: {question}\nA: {answer}\n"
     """One exemplar of the few-shot prompt ({question}, {answer})."""
-    query_template: str = "Q: {question}\nA:"
+    query_template: QueryTemplate = "Q: {question}\nA:"
     """The question line that ends the few-shot prompt ({question})."""
     chat_template: bool = False
     """Wrap the few-shot text in the tokenizer's chat template."""
@@ -103,16 +103,6 @@ class AnnotateConfig(ServedSettings):
     """i/N: audit only shard i (0-based) of N; join the outputs with `annotate merge`."""
     overwrite: bool = False
     """Discard results of another protocol or model found in --out."""
-
-    @field_validator("exemplar_template")
-    @classmethod
-    def _exemplar_fields(cls, value: str) -> str:
-        return check_template(value, "exemplar_template", ("{question}", "{answer}"))
-
-    @field_validator("query_template")
-    @classmethod
-    def _query_fields(cls, value: str) -> str:
-        return check_template(value, "query_template", ("{question}",))
 
     @field_validator("shard")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from knowtune.config import StageConfig
 from knowtune.drift import DEFAULT_LAYER
 from knowtune.evaluate import DEFAULT_IDK, DEFAULT_TEMPLATE, GROUPS
+from knowtune.task import FinetuneTemplate, IdkPhrase
 from knowtune.train.selfdistill import SelfDistillationConfig
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"]
@@ -136,11 +137,11 @@ class TrainConfig(StageConfig):
     """Cap of each per-epoch evaluation set (a seeded sample)."""
     eval_batch_size: int = Field(64, ge=1)
     """Questions decoded together in evaluation."""
-    idk_phrase: str = DEFAULT_IDK
+    idk_phrase: IdkPhrase = DEFAULT_IDK
     """The abstention answer (the answer rate counts answers that are not it)."""
     task: str | None = None
     """A task YAML (docs/task.md); prompt_template, answer_prefix, idk_phrase and max_new_tokens set here override it."""
-    prompt_template: str = DEFAULT_TEMPLATE
+    prompt_template: FinetuneTemplate = DEFAULT_TEMPLATE
     """Fine-tuning prompt; {question} is replaced by the question."""
     answer_prefix: str = ""
     """Text before the answer in the target (e.g. a space)."""
@@ -156,20 +157,6 @@ class TrainConfig(StageConfig):
     """Track the representation drift of held-out entities every epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto (CUDA when available), cpu or cuda."""
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _has_question_slot(cls, value: str) -> str:
-        if "{question}" not in value:
-            raise ValueError("must contain {question}, e.g. 'Answer the following question. {question}\\n'")
-        return value
-
-    @field_validator("idk_phrase")
-    @classmethod
-    def _idk_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be non-blank text, e.g. \"I don't know\"")
-        return value
 
     @field_validator("train_only")
     @classmethod
