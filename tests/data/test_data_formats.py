@@ -150,7 +150,7 @@ def _mapped_dataset(tmp_path):
 FIELD_FLAGS = ["--question-field", "prompt", "--answer-field", "completion", "--split-field", "part", "--id-field", "uid"]
 
 
-def test_field_flags_in_data_check_evaluate_and_train(capsys, tmp_path):
+def test_field_flags_in_data_check_evaluate_annotate_and_train(capsys, tmp_path):
     from knowtune.testing import run_cli
 
     path = _mapped_dataset(tmp_path)
@@ -163,6 +163,10 @@ def test_field_flags_in_data_check_evaluate_and_train(capsys, tmp_path):
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(p["id"] for p in predictions) == ["test-0", "test-1"]
     assert "data_fields" in (tmp_path / "eval" / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, "annotate", "--data", path, *FIELD_FLAGS, "--k", "1", "--n-ex", "1", "--n-samples", "2", "--out", tmp_path / "audit")
+    assert code == 0, err
+    audited = [json.loads(line) for line in (tmp_path / "audit" / "annotations.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in audited) == ["dev-0", "dev-1", "test-0", "test-1", "train-0", "train-1"]
     code, _, err = run_cli(capsys, "train", "--data", path, *FIELD_FLAGS, "--epochs", "1", "--out", tmp_path / "train")
     assert code == 0, err
     assert "1 train" not in err and "2 train" in " ".join(err.split())

@@ -71,7 +71,7 @@ def load_audit_data(config: AnnotateConfig, exemplars_from: str) -> tuple[list[Q
 
     if not config.data:
         raise KnowtuneError("no dataset given", fix="pass --data PATH (a .jsonl/.json/.parquet file, an EntityQuestions directory, or `embedded`)")
-    examples = load_examples(resolve_data_path(config.data))
+    examples = load_examples(resolve_data_path(config.data), fields=config.data_fields)
     if not examples:
         raise KnowtuneError(f"{config.data}: the dataset is empty", fix="point --data at a file or directory that holds QA examples")
     audited = [

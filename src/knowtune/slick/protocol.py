@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from knowtune import __version__
+from knowtune.data.formats import DataFields
 from knowtune.errors import ConfigError
 from knowtune.matching import MatchConfig
 from knowtune.provenance import config_hash
@@ -44,7 +45,9 @@ class AnnotateConfig(ServedSettings):
     model: str = "default"
     """Model dir, Hugging Face Hub id, or default (the embedded model)."""
     data: str | None = None
-    """Dataset: .jsonl/.json/.parquet, an EntityQuestions dir, or embedded."""
+    """Dataset: any format of docs/data.md, or embedded."""
+    data_fields: DataFields = Field(default_factory=DataFields)
+    """Record keys of the data's fields when they differ from knowtune's (--question-field, --answer-field, ...)."""
     out: str | None = None
     """Output dir (results, protocol, summary); rerunning resumes."""
     splits: list[Literal["train", "dev", "test"]] | None = None
