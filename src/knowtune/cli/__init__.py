@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -58,6 +59,8 @@ def _register(argv: list[str] | None = None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app (click reports usage errors with exit 2); a
     :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback."""
+    # transformers 5 and datasets draw a progress bar per model load and save; knowtune prints its own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register(argv)
     try:
         app(args=argv, prog_name="knowtune")
