@@ -111,3 +111,27 @@ def tiny_family_model(family: str, out_dir, *, seed: int = 0, initializer_range:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def kill_annotate_after_rows(args, database, rows: int, *, env=None, poll_s: float = 0.02, timeout_s: float = 120.0) -> None:
+    """Run ``knowtune *args`` in a subprocess and ``kill -9`` it once the audit store
+    ``database`` holds at least ``rows`` results (or it ends, or ``timeout_s`` passes)."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", "from knowtune.cli import main; main()", *map(str, args)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stored, deadline = 0, time.time() + timeout_s
+    while stored < rows and time.time() < deadline and process.poll() is None:
+        time.sleep(poll_s)
+        if database.exists():
+            try:
+                with sqlite3.connect(database) as db:
+                    stored = db.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the audit ended before it could be killed"

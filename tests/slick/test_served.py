@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ from knowtune.serving.config import ServedSettings
 from knowtune.serving.llama import LlamaServer, free_port, llama_server_command, llama_server_path
 from knowtune.slick.annotate import run_annotate
 from knowtune.slick.protocol import AnnotateConfig
+from knowtune.testing import kill_annotate_after_rows
 
 pytestmark = pytest.mark.served
 PARALLEL = 4
@@ -217,19 +214,8 @@ def test_kill_9_mid_served_audit_then_resume_loses_nothing(server, world_data, s
     args = ["annotate", "--data", str(world_data), "--split", "train", "--out", str(out), "--device", "cpu", "--mode", "exact",
             "--backend", "openai", "--base-url", server.base_url, "--chunk-size", "1", "--concurrency", "2",
             *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "chunk_size"]]
-    process = subprocess.Popen([sys.executable, "-c", "from knowtune.cli import main; main()", *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    database, rows, deadline = out / "annotations.sqlite", 0, time.time() + 120
-    while rows < 4 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-        if database.exists():
-            try:
-                with sqlite3.connect(database) as db:
-                    rows = db.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    database = out / "annotations.sqlite"
+    kill_annotate_after_rows(args, database, 4, poll_s=0.05)
     with sqlite3.connect(database) as db:
         assert 4 <= db.execute("SELECT COUNT(*) FROM annotations").fetchone()[0] < SMALL["limit"]
     summary = run_annotate(_config(world_data, out, mode="exact", backend="openai", base_url=[server.base_url], **{**SMALL, "chunk_size": 1}))

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ import pytest
 from knowtune.cli import main
 from knowtune.slick.annotate import run_annotate
 from knowtune.slick.protocol import AnnotateConfig
+from knowtune.testing import kill_annotate_after_rows
 
 
 def _config(tiny_model, tiny_world, out, **overrides) -> AnnotateConfig:
@@ -87,21 +84,8 @@ def test_kill_9_mid_run_then_resume_equals_one_run(exact_run, tiny_model, tiny_w
     args = ["annotate", "--model", str(tiny_model), "--data", str(tiny_world[0]), "--out", str(out), "--device", "cpu",
             "--mode", "exact", "--chunk-size", "1", "--batch-size", "256"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", "from knowtune.cli import main; main()", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     database = out / "annotations.sqlite"
-    rows = 0
-    deadline = time.time() + 120
-    while rows < 5 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-        if database.exists():
-            try:
-                with sqlite3.connect(database) as db:
-                    rows = db.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_annotate_after_rows(args, database, 5, env=env)
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert 5 <= db.execute("SELECT COUNT(*) FROM annotations").fetchone()[0] < len(tiny_world[1])
