@@ -11,6 +11,7 @@ a model are caught by what they compute, not by a list of names.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from knowtune.slick.tokens import decode_batch
 from knowtune.testing import FAMILIES, run_cli, tiny_family_model
 
 MAX_NEW = 6
+DEVICE = os.environ.get("KNOWTUNE_TEST_DEVICE", "cpu")  # `cuda` on a GPU machine: the same checks there (docs/benchmarks.md)
 VARIANTS = {family: (family, {}) for family in FAMILIES} | {
     "falcon-alibi": ("falcon", {"alibi": True}),
     "gemma2-wide-window": ("gemma2", {"sliding_window": 512}),
@@ -54,7 +56,7 @@ def models(tmp_path_factory):
         if name not in cache:
             family, overrides = VARIANTS[name]
             directory = tiny_family_model(family, root / name, **overrides)
-            cache[name] = (directory, *load(directory, "cpu", "float32"))
+            cache[name] = (directory, *load(directory, DEVICE, "float32"))
         return cache[name]
 
     return get
@@ -82,7 +84,7 @@ def prompts(tiny_world, models):
 
 def _generate(model, backend, ids) -> list[int]:
     """Plain ``model.generate`` greedy at batch 1, cut after the first stop token."""
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)
     out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=0)
     tokens = []
     for token in out[0, x.shape[1]:].tolist():
@@ -162,7 +164,7 @@ def test_annotate_cli_matches_generate(name, models, tiny_world, tmp_path, capsy
     directory, model, tokenizer = models(name)
     code, _, err = run_cli(capsys, "annotate", "--model", directory, "--data", tiny_world[0], "--out", tmp_path, "--split", "test",
                            "--relations", "born_in,founded", "--limit", 4, "--n-ex", 3, "--max-new-tokens", MAX_NEW,
-                           "--mode", "exact", "--n-samples", 2, "--device", "cpu")
+                           "--mode", "exact", "--n-samples", 2, "--device", DEVICE, "--dtype", "float32")
     assert code == 0, err
     assert f"using {'the exact path' if EXPECTED[name] == EXACT else 'per-row prefix copies' if EXPECTED[name] == PER_ROW else 'shared'}" in err
     records = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
@@ -181,6 +183,6 @@ def test_annotate_cli_matches_generate(name, models, tiny_world, tmp_path, capsy
 def test_a_forced_engine_the_model_does_not_reproduce_is_exit_status_2(models, tiny_world, tmp_path, capsys):
     directory, _, _ = models("bloom")
     code, _, err = run_cli(capsys, "annotate", "--model", directory, "--data", tiny_world[0], "--out", tmp_path, "--split", "test",
-                           "--limit", 1, "--n-ex", 2, "--max-new-tokens", MAX_NEW, "--device", "cpu", "--engine", "shared-prefix")
+                           "--limit", 1, "--n-ex", 2, "--max-new-tokens", MAX_NEW, "--device", DEVICE, "--engine", "shared-prefix")
     assert code == 2 and "engine 'shared-prefix' cannot be used for BloomForCausalLM" in err and "--engine auto" in err
     assert not (tmp_path / "annotations.jsonl").exists()
