@@ -84,7 +84,7 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
 
 
 def _changed(model, before) -> set[str]:
-    return {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
+    return {name for name, param in model.named_parameters() if not torch.equal(param.detach().cpu(), before[name])}
 
 
 def _names(model, ids: set[int]) -> set[str]:
@@ -93,7 +93,7 @@ def _names(model, ids: set[int]) -> set[str]:
 
 def _loss(model, collated) -> float:
     with torch.no_grad():
-        return model(**collated).loss.item()
+        return model(**{key: value.to(model.device) for key, value in collated.items()}).loss.item()  # the Trainer moved it to a GPU
 
 
 def _train(config: TrainConfig, model, tokenizer, rows, out, **kwargs):
