@@ -132,7 +132,11 @@ def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(cap
                 "out": str(tmp_path / "eval"), "task": str(tmp_path / "task.yaml"),
                 "prompt": {"kind": "fewshot", "template": "Q: {question}\n", "shots": 2, "seed": 3},
                 "idk_phrase": "No idea", "batch_size": 7, "max_new_tokens": 9, "limit": 4, "device": "cpu", "dtype": "float32",
-                "data_fields": {"question": "question", "answer": None, "relation": None, "split": None, "id": None}}
+                "data_fields": {"question": "question", "answer": None, "relation": None, "split": None, "id": None},
+                "backend": "hf", "base_url": ["http://10.0.0.5:8000/v1"], "served_model": "m", "api_key_env": None, "concurrency": 3,
+                "request_timeout": 9.0, "max_retries": 2, "retry_backoff": 0.25, "samples_per_request": 4,
+                "stop": ["\n\n", "Q:"], "match": {"nfkc": True, "lowercase": True, "strip_punctuation": True, "strip_articles": False,
+                                                   "collapse_whitespace": True, "version": 1, "method": "f1", "f1_threshold": 0.6}}
     assert set(settings) == set(EvalConfig.model_fields)  # the YAML below sets every key
     (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(settings))
     code, _, err = run_cli(capsys, "evaluate", "--config", tmp_path / "evaluate.yaml", "--shots", "3", "--dtype", "bfloat16")
@@ -143,6 +147,7 @@ def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(cap
     # the task file's keys, overridden by the evaluate keys that were set (YAML or flags)
     assert task["generation"]["max_new_tokens"] == 9 and task["finetune"]["idk_phrase"] == "No idea"
     assert task["fewshot"]["k"] == 3 and task["finetune"]["template"] == "Q: {question}\n"
+    assert task["generation"]["stop"] == ["\n\n", "Q:"] and task["match"] == settings["match"]
     metrics = yaml.safe_load((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 4 and metrics["provenance"]["config"]["dtype"] == "bfloat16"
 
@@ -152,3 +157,23 @@ def test_evaluate_cli_errors(capsys, tiny_pretrained, tmp_path):
     assert code == 2 and "no dataset given" in err
     code, _, err = run_cli(capsys, "evaluate", "--model", tiny_pretrained, "--data", "embedded", "--device", "tpu")
     assert code == 2 and "device" in err
+
+
+def test_evaluate_match_flags_choose_the_matcher_and_long_gold_answers_are_warned_about(capsys, tiny_pretrained, tmp_path):
+    import json
+
+    from knowtune.data import save_examples
+
+    world = tiny_world()
+    examples = [ex for ex in world.examples if ex.split == "dev"][:6]
+    long = examples[0].model_copy(update={"answers": (" ".join([examples[0].answers[0]] * 30),)})
+    save_examples([long, *examples[1:]], tmp_path / "data.jsonl")
+    base = ("evaluate", "--model", tiny_pretrained, "--data", tmp_path / "data.jsonl", "--split", "dev", "--device", "cpu", "--format", "fewshot", "--shots", "0")
+    code, _, err = run_cli(capsys, *base, "--match", "f1", "--f1-threshold", "0.3", "--stop", "\n", "--stop", "Q:", "--max-new-tokens", "6",
+                           "--out", tmp_path / "f1")
+    assert code == 0, err
+    assert "1 of 6 examples have gold answers longer than max_new_tokens=6" in " ".join(err.split())
+    saved = json.loads((tmp_path / "f1" / "metrics.json").read_text())["provenance"]["config"]
+    assert saved["match"]["method"] == "f1" and saved["match"]["f1_threshold"] == 0.3 and saved["stop"] == ["\n", "Q:"]
+    code, _, err = run_cli(capsys, *base, "--match", "judge")
+    assert code == 2 and "--judge-url" in err

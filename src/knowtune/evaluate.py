@@ -39,6 +39,7 @@ from knowtune.data.formats import DataFields
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
 from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, is_correct, normalize_answer
+from knowtune.serving.config import ServedSettings
 from knowtune.slick.categories import CATEGORIES, KNOWN
 from knowtune.task import DEFAULT_IDK, DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec, resolve_task
 
@@ -274,11 +275,14 @@ def flat_metrics(prefix: str, result: EvalResult) -> dict[str, float | int | Non
     return record
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(ServedSettings):
     """Settings of ``knowtune evaluate`` (YAML keys = CLI flags; saved as ``config.yaml`` and in ``metrics.json``).
 
     ``task`` names a task YAML file (:mod:`knowtune.task`); ``prompt.template``,
     ``prompt.shots``, ``idk_phrase`` and ``max_new_tokens``, when set, override it.
+    ``backend: openai`` and its fields (:class:`~knowtune.serving.config.ServedSettings`) take the
+    greedy answers from OpenAI-compatible servers (:func:`knowtune.slick.served.served_greedy_answers`);
+    ``model`` then names the served model's tokenizer only.
     """
 
     model: str = "default"

@@ -8,7 +8,6 @@ first). Without it these tests are skipped, unless ``KNOWTUNE_REQUIRE_LLAMA_SERV
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -18,40 +17,18 @@ from fault_proxy import FAULTS, FaultProxy
 from knowtune.errors import KnowtuneError
 from knowtune.serving.client import CompletionRequest, CompletionsClient
 from knowtune.serving.config import ServedSettings
-from knowtune.serving.llama import LlamaServer, free_port, llama_server_command, llama_server_path
+from knowtune.serving.llama import LlamaServer, free_port, llama_server_command
 from knowtune.slick.annotate import run_annotate
 from knowtune.slick.protocol import AnnotateConfig
 from knowtune.testing import kill_annotate_after_rows
 
 pytestmark = pytest.mark.served
-PARALLEL = 4
 
 
 @pytest.fixture(scope="session")
-def llama_binary() -> Path:
-    path = llama_server_path()
-    if not path.is_file():
-        message = f"llama-server is not built ({path}): run `knowtune serve build` (make test does)"
-        if os.environ.get("KNOWTUNE_REQUIRE_LLAMA_SERVER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def default_gguf(tmp_path_factory) -> Path:
-    from knowtune.models.gguf import export_gguf
-
-    return export_gguf("default", tmp_path_factory.mktemp("gguf") / "default.gguf")
-
-
-@pytest.fixture(scope="session")
-def server(llama_binary, default_gguf, tmp_path_factory):
-    """llama-server on 127.0.0.1 with 4 slots, for the whole session."""
-    port = free_port()
-    command = llama_server_command(llama_binary, default_gguf, port=port, parallel=PARALLEL, threads=1, alias="default")
-    with LlamaServer(command, host="127.0.0.1", port=port, log_path=tmp_path_factory.mktemp("llama") / "server.log") as running:
-        yield running
+def server(llama_server):
+    """The session's llama-server (tests/conftest.py: the default model as ``default``, 4 slots)."""
+    return llama_server
 
 
 @pytest.fixture(scope="session")
@@ -249,19 +226,3 @@ def test_api_key_is_read_from_the_named_environment_variable(llama_binary, defau
         with pytest.raises(KnowtuneError, match="HTTP 401"):
             _client(keyed.base_url, api_key_env="KT_TEST_KEY", max_retries=0)
 
-
-def test_evaluate_greedy_answers_through_the_server_equal_in_process(server, tokenizer, world_data):
-    from knowtune.data import load_examples
-    from knowtune.models import default_model_dir, load
-    from knowtune.recall import greedy_answers
-    from knowtune.slick.served import ServedAudit, served_greedy_answers
-    from knowtune.task import DEFAULT_TASK
-
-    examples = [e for e in load_examples(world_data) if e.split == "test"][:60]
-    prompts = [DEFAULT_TASK.prompts(tokenizer).finetune(e.question) for e in examples]
-    model, _ = load("default", "cpu", "float32")
-    local = greedy_answers(model, tokenizer, prompts, task=DEFAULT_TASK)
-    audit = ServedAudit.connect(ServedSettings(backend="openai", base_url=[server.base_url]), default_model_dir())
-    served = served_greedy_answers(audit, tokenizer, prompts, task=DEFAULT_TASK)
-    assert sum(a == b for a, b in zip(local, served)) >= 0.95 * len(prompts)
-    assert any(local)

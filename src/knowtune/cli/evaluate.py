@@ -49,6 +49,7 @@ def run_evaluate(config) -> None:
 
     if not config.data:
         raise KnowtuneError("no dataset given", fix="pass --data PATH (a .jsonl/.json/.parquet file, an EntityQuestions directory, or `embedded`), or data: in --config")
+    config.check_served()
     task = config.task_spec()
     examples = load_examples(resolve_data_path(config.data), fields=config.data_fields)
     selected = [ex for ex in examples if ex.split == config.split][: config.limit]
@@ -56,16 +57,36 @@ def run_evaluate(config) -> None:
         raise KnowtuneError(f"{config.data}: no examples of the {config.split} split", fix="pick another --split, or check --data")
     categories = load_categories(config.annotations) if config.annotations is not None else metadata_categories(examples)
     pool = [ex for ex in examples if ex.split == task.fewshot.exemplars_from]
-    llm, tokenizer = load(config.model, config.device, config.dtype)
-    fingerprint = fingerprint_of(config.model)
-    result = evaluate_examples(llm, tokenizer, selected, task=task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed,
-                               exemplar_pool=pool, categories=categories, batch_size=config.batch_size)
+    if config.served():
+        result, fingerprint = _evaluate_served(config, selected, task, pool, categories)
+    else:
+        llm, tokenizer = load(config.model, config.device, config.dtype)
+        fingerprint = fingerprint_of(config.model)
+        result = evaluate_examples(llm, tokenizer, selected, task=task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed,
+                                   exemplar_pool=pool, categories=categories, batch_size=config.batch_size)
     console.print(_table(f"{config.split} split, {config.prompt.kind} prompt ({len(selected)} examples)", {"all": result.overall, **result.per_category}))
     console.print(_table("per relation", result.per_relation))
     if config.out is not None:
         write_eval_outputs(config.out, result, config, model_fingerprint=fingerprint, task=task)
         out = Path(config.out)
         err_console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'config.yaml'} and {out / 'task.yaml'}", highlight=False)
+
+
+def _evaluate_served(config, selected, task, pool, categories):
+    """``evaluate_examples`` with the greedy answers from the servers of ``config`` (``--backend openai``):
+    the same prompts and token ids (``--model`` names the tokenizer), checked against the servers' tokenizer.
+    Returns the result and the served fingerprint (the servers' model name and the tokenizer's hash)."""
+    from knowtune.evaluate import evaluation_prompts, score_predictions
+    from knowtune.models import resolve_model_dir
+    from knowtune.slick.served import ServedAudit, load_tokenizer, served_greedy_answers
+
+    model_dir = resolve_model_dir(config.model)
+    audit = ServedAudit.connect(config, model_dir, log=lambda line: err_console.print(line, highlight=False))
+    tokenizer = load_tokenizer(model_dir)
+    prompts = evaluation_prompts(tokenizer, selected, task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed, exemplar_pool=pool)
+    answers = served_greedy_answers(audit, tokenizer, prompts, task=task)
+    result = score_predictions(selected, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
+    return result, audit.fingerprint
 
 
 def _table(title: str, groups: dict) -> Table:
