@@ -1,12 +1,13 @@
+import json
+import shutil
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
 
 from knowtune.errors import KnowtuneError
-import shutil
-
-import torch
-
-from knowtune.models import default_model_dir, fingerprint_of, load, resolve_dtype, resolve_model
+from knowtune.models import check_model, context_length, default_model_dir, fingerprint_of, load, resolve_dtype, resolve_model
 from knowtune.pretrain import PretrainConfig, load_exposures
 from knowtune.provenance import model_fingerprint
 from knowtune.world.corpus import assign_exposures
@@ -77,6 +78,10 @@ def test_load_names_what_a_model_directory_lacks(tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(source, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(KnowtuneError, match="model.safetensors is truncated or corrupt"):
+        load(broken)
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    shutil.copy(source / "model.safetensors", broken)
     with pytest.raises(KnowtuneError, match="could not be loaded as a causal language model"):
         load(broken)
     with pytest.raises(KnowtuneError, match="dtype: 'float8'"):
@@ -87,3 +92,45 @@ def test_fingerprint_of_default_is_its_content_hash():
     assert fingerprint_of("default") == model_fingerprint(default_model_dir())
     with pytest.raises(KnowtuneError, match="local Hugging Face cache"):
         fingerprint_of("no-such-org/no-such-model-anywhere")
+
+
+def _copy_default(tmp_path, name: str) -> Path:
+    return Path(shutil.copytree(default_model_dir(), tmp_path / name))
+
+
+def test_check_model_finds_a_truncated_weight_file_from_its_header(tmp_path):
+    model = _copy_default(tmp_path, "truncated")
+    weights = model / "model.safetensors"
+    full = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:-1])  # one byte short: every tensor's range is in the header
+    with pytest.raises(KnowtuneError, match=f"model.safetensors is truncated or corrupt .*describes {full} bytes, the file has {full - 1}") as error:
+        check_model(model)
+    assert "download the model again" in error.value.fix
+    shutil.copy(default_model_dir() / "model.safetensors", weights)
+    assert check_model(model) == model
+
+
+def test_check_model_reads_sharded_indexes_bin_archives_and_config(tmp_path):
+    model = _copy_default(tmp_path, "sharded")
+    (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(KnowtuneError, match="missing: model-00002-of-00002.safetensors"):
+        check_model(model)
+    legacy = _copy_default(tmp_path, "legacy")
+    (legacy / "model.safetensors").unlink()
+    (legacy / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(KnowtuneError, match="pytorch_model.bin is truncated or corrupt"):
+        check_model(legacy)
+    bad_config = _copy_default(tmp_path, "bad-config")
+    (bad_config / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(KnowtuneError, match="config.json is not valid JSON"):
+        check_model(bad_config)
+
+
+def test_context_length_reads_the_config_key_that_bounds_positions(tmp_path):
+    from knowtune.testing import tiny_family_model
+
+    assert context_length(default_model_dir()) == (512, "max_position_embeddings")
+    assert context_length(tiny_family_model("gpt2", tmp_path / "gpt2")) == (512, "n_positions")
+    assert context_length(tiny_family_model("bloom", tmp_path / "bloom")) == (None, None)  # ALiBi: no position table

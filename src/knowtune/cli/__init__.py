@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 from rich.console import Console
@@ -56,14 +58,39 @@ def _register(argv: list[str] | None = None) -> None:
         from knowtune.cli import commands  # noqa: F401
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the command (output locks released, worker processes
+    killed, the batch in flight dropped) past click, which would turn a KeyboardInterrupt into exit 1."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app (click reports usage errors with exit 2); a
-    :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback."""
+    :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback.
+    SIGINT and SIGTERM stop the command cleanly with status 128 + the signal (130, 143)."""
     # transformers 5 and datasets draw a progress bar per model load and save; knowtune prints its own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register(argv)
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in handled}
     try:
         app(args=argv, prog_name="knowtune")
     except KnowtuneError as error:
         err_console.print(f"[bold red]error:[/] {error.render()}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
+    except Interrupted as stop:
+        words = (argv if argv is not None else sys.argv[1:])[:1]
+        err_console.print(f"[bold red]stopped[/] by {signal.Signals(stop.signum).name}: knowtune {' '.join(words)} kept every result it had "
+                          "stored and dropped the work in flight.\nTo resume: rerun the same command.", highlight=False, soft_wrap=True)
+        sys.exit(128 + stop.signum)
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)

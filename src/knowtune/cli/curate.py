@@ -27,8 +27,10 @@ def curate(
     """
     from knowtune.config import load_config
     from knowtune.curate import run_curate
+    from knowtune.validate import preflight_curate
 
     cfg = load_config(CurateConfig, config, overrides, flags)
+    preflight_curate(cfg)
     index = run_curate(cfg)
     _print_index(index, Path(cfg.out))
 

@@ -40,7 +40,9 @@ def _run(settings, report: bool) -> Path:
     from contextlib import nullcontext
 
     from knowtune.io import OutputLock, command_name
+    from knowtune.validate import preflight_study
 
+    preflight_study(settings)
     started = time.perf_counter()
     with OutputLock(settings.out, command_name()) if settings.out else nullcontext():
         result = run_study(settings, log=_log)
@@ -55,7 +57,7 @@ def _run(settings, report: bool) -> Path:
 
 @app.command("study")
 @with_config_flags(StudyConfig, exclude=["annotate.model", "annotate.data", "annotate.out", "curate.annotations", "curate.data", "curate.out"],
-                   commas=["annotate.relations"], panels=True)
+                   commas=["annotate.relations", "train_variants"], panels=True)
 def study_command(
     config: Optional[Path] = typer.Option(None, "--config", help="study.yaml: model, data, out, train_variants and annotate:/curate:/train: sections."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write the report (STUDY_DIR/report)."),

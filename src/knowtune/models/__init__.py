@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_INCOMPLETE_FIX = "copy or download the model again (the file is incomplete), or re-save it with model.save_pretrained(DIR)"
 _SPEC_FIX = "pass --model default, a local directory written by save_pretrained, or a Hub id already in the local Hugging Face cache"
 
 
@@ -104,6 +105,32 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def check_model(spec: str | Path) -> Path:
+    """The local directory of ``spec`` once its files are complete: config, weights (not truncated)
+    and tokenizer files; a :class:`KnowtuneError` naming the missing or broken file otherwise.
+    Cheap (reads headers only): every command calls it before any heavy work."""
+    directory = resolve_model_dir(spec)
+    _check_files(directory, str(spec))
+    return directory
+
+
+#: Config keys that bound a model's sequence length, in the order they are consulted.
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(directory: str | Path) -> tuple[int | None, str | None]:
+    """The longest sequence (tokens) the model in ``directory`` takes and the ``config.json`` key
+    that says so; ``(None, None)`` when its config sets no bound (ALiBi models such as BLOOM)."""
+    import json
+
+    config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    for block in (config, config.get("text_config") or {}):
+        for key in _LENGTH_KEYS:
+            if isinstance(block.get(key), int) and block[key] > 0:
+                return block[key], key
+    return None, None
+
+
 def _check_files(directory: Path, spec: str) -> None:
     """Name what is missing from a model directory before transformers gives a less direct error."""
     if not (directory / "config.json").is_file():
@@ -118,6 +145,88 @@ def _check_files(directory: Path, spec: str) -> None:
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
         raise KnowtuneError(f"model {spec!r} could not be loaded: {directory} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})",
                             fix="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+    _check_config(directory, spec)
+    for weights in _weight_files(directory, spec):
+        _check_weights(weights, spec)
+
+
+def _check_config(directory: Path, spec: str) -> None:
+    """``config.json`` must be a JSON object naming a ``model_type``."""
+    import json
+
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {directory / 'config.json'} is not valid JSON ({error})",
+                            fix="restore config.json (copy or download the model again, or re-save it with model.save_pretrained(DIR))") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {directory / 'config.json'} names no model_type",
+                            fix="restore config.json (copy or download the model again, or re-save it with model.save_pretrained(DIR))")
+
+
+def _weight_files(directory: Path, spec: str) -> list[Path]:
+    """The weight files transformers would read: the single file, or every shard an index lists."""
+    import json
+
+    for name in _WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise KnowtuneError(f"model {spec!r} could not be loaded: {path} is not a valid weight index ({error})", fix=_INCOMPLETE_FIX) from None
+        missing = [shard for shard in shards if not (directory / shard).is_file()]
+        if missing:
+            raise KnowtuneError(f"model {spec!r} could not be loaded: {path} lists weight shards that are missing: {', '.join(missing)}",
+                                fix=_INCOMPLETE_FIX)
+        return [directory / shard for shard in shards]
+    return []
+
+
+def _check_weights(path: Path, spec: str) -> None:
+    """A truncated or corrupt weight file fails here, naming the file, before any tensor is allocated.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header giving each
+    tensor's byte range, then the tensor bytes: its size must be exactly 8 + header + the last
+    range's end. A ``.bin`` file is a zip archive whose directory sits at its end.
+    """
+    import json
+    import zipfile
+
+    size = path.stat().st_size
+    if path.suffix == ".bin":
+        if not zipfile.is_zipfile(path):
+            raise KnowtuneError(f"model {spec!r} could not be loaded: {path} is truncated or corrupt (not a complete PyTorch archive)", fix=_INCOMPLETE_FIX)
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = handle.read(length) if 0 < length <= size - 8 else b""
+    try:
+        tensors = json.loads(header.decode("utf-8")) if header else None
+        end = max((entry["data_offsets"][1] for key, entry in tensors.items() if key != "__metadata__"), default=0)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+        tensors = None
+    if tensors is None:
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {path} is truncated or corrupt (its {size}-byte file has no valid safetensors header)",
+                            fix=_INCOMPLETE_FIX)
+    if 8 + length + end != size:
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {path} is truncated or corrupt (its header describes {8 + length + end} bytes, "
+                            f"the file has {size})", fix=_INCOMPLETE_FIX)
+
+
+def load_tokenizer(directory: Path, spec: str):
+    """The tokenizer saved in model ``directory``; a :class:`KnowtuneError` naming the model when it does not load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, ImportError ...: one message
+        raise KnowtuneError(f"model {spec!r} could not be loaded: its tokenizer in {directory} fails to load: {type(error).__name__}: {error}",
+                            fix="save the model's own tokenizer beside it with tokenizer.save_pretrained(DIR)") from None
 
 
 def _dtype_kwargs(dtype: str) -> dict:
@@ -138,16 +247,12 @@ def load(spec: str | Path, device: str = "auto", dtype: str = "auto"):
     ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
     Every failure is a :class:`KnowtuneError` that names the model and the fix.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     directory = resolve_model_dir(spec)
     device = resolve_device(device)
     _check_files(directory, str(spec))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-    except Exception as error:  # transformers raises OSError, ValueError, KeyError, ImportError ...: one message
-        raise KnowtuneError(f"model {str(spec)!r} could not be loaded: its tokenizer in {directory} fails to load: {type(error).__name__}: {error}",
-                            fix="save the model's own tokenizer beside it with tokenizer.save_pretrained(DIR)") from None
+    tokenizer = load_tokenizer(directory, str(spec))
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **_dtype_kwargs(resolve_dtype(dtype, device)))
     except Exception as error:

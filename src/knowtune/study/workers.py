@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +44,74 @@ def single_thread() -> None:
     torch.set_num_threads(1)
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` processes started with ``spawn`` (no forked torch state)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+#: Seconds between a worker's checks that its parent still lives (where the kernel cannot tell it).
+WATCHDOG_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when ``parent`` (the knowtune command) ends, by any signal.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere, and as a fallback, a daemon thread exits when the parent pid changes (the
+    orphan is re-parented). SIGINT is ignored: a Ctrl-C reaches the whole process group,
+    and the parent stops its workers itself (:func:`process_pool`).
+    """
+    import os
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="knowtune-parent-watchdog", daemon=True).start()
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """``workers`` processes started with ``spawn`` (no forked torch state) that die with this process.
+
+    When the body raises (a failed job, SIGINT or SIGTERM turned into an exception by the
+    CLI), pending jobs are cancelled and running workers killed at once: the jobs in flight
+    are dropped (each resumes from what it stored when the command is rerun), not awaited.
+    """
+    import os
+
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_processes([p for p in multiprocessing.active_children() if p not in before])
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_processes(processes: Sequence[multiprocessing.process.BaseProcess], grace_s: float = 3.0) -> None:
+    """Terminate ``processes`` (SIGTERM), then kill those still alive after ``grace_s`` seconds."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def annotate_progress(log: Log, tag: str) -> Callable[[dict[str, Any]], None]:
