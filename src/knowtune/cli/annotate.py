@@ -42,8 +42,10 @@ def annotate(
     from knowtune.config import load_config
     from knowtune.io import OutputLock, command_name
     from knowtune.slick.annotate import run_annotate
+    from knowtune.validate import preflight_annotate
 
     cfg = load_config(AnnotateConfig, config, overrides, flags)
+    preflight_annotate(cfg)
     with OutputLock(cfg.out, command_name()) if cfg.out else nullcontext():
         summary = run_annotate(cfg, on_batch=_print_progress, log=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))
     _print_summary(summary, Path(cfg.out))

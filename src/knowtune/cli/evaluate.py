@@ -22,6 +22,7 @@ console = Console()
                                         "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES})
 def evaluate_command(
     config: Optional[Path] = typer.Option(None, "--config", help="evaluate.yaml with any EvalConfig key; flags override it."),
+    allow_other_model_audit: bool = typer.Option(False, "--allow-other-model-audit", help="Use --annotations made with another model than --model or its base (refused by default)."),
     overrides: Optional[dict] = None,
     flags: Optional[dict] = None,
 ) -> None:
@@ -34,7 +35,10 @@ def evaluate_command(
     from knowtune.config import load_config
     from knowtune.io import OutputLock, command_name
 
+    from knowtune.validate import preflight_evaluate
+
     settings = load_config(EvalConfig, config, overrides, flags)
+    preflight_evaluate(settings, allow_other_audit=allow_other_model_audit, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     with OutputLock(settings.out, command_name()) if settings.out is not None else nullcontext():
         run_evaluate(settings)
 

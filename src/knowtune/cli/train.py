@@ -36,6 +36,7 @@ def train_command(
     relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
     split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
+    allow_other_model_audit: bool = typer.Option(False, "--allow-other-model-audit", help="Use categories audited with another model than --model (refused by default)."),
     overrides: Optional[dict] = None,
     flags: Optional[dict] = None,
 ) -> None:
@@ -46,12 +47,15 @@ def train_command(
     from knowtune.config import load_config
     from knowtune.io import OutputLock, command_name
     from knowtune.train.sft import train_model
+    from knowtune.validate import preflight_train
 
     settings = load_config(TrainConfig, config, overrides, flags)
     from knowtune.data.formats import DataFields
 
     fields = DataFields(question=question_field, answer=answer_field, relation=relation_field, split=split_field, id=id_field)
     splits = load_training_data(data, dev=dev, test=test, ood=ood, fields=fields)
+    preflight_train(settings, model=model, out=out, data=data, examples=list(splits.all), annotations=annotations,
+                    allow_other_audit=allow_other_model_audit, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     categories = _categories(annotations, list(splits.all))
     err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
     with OutputLock(out, command_name()):
