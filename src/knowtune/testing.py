@@ -48,15 +48,88 @@ class SimulatedCrash(Exception):
 
 
 def crash_after_save(epoch: int):
-    """A ``TrainerCallback`` that raises :class:`SimulatedCrash` once the checkpoint of ``epoch`` is saved (resume tests)."""
+    """A ``TrainerCallback`` that raises :class:`SimulatedCrash` once the checkpoint of ``epoch`` is saved
+    and complete (its manifest written, the older checkpoints not yet deleted; resume tests)."""
+    from pathlib import Path
+
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from knowtune.train.checkpoints import write_manifest
 
     class CrashAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if round(state.epoch) == epoch:
+                write_manifest(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
                 raise SimulatedCrash(f"stopped after the checkpoint of epoch {epoch}")
 
     return CrashAfterSave()
+
+
+def cut_checkpoint(checkpoint, position: int) -> list[str]:
+    """Leave ``checkpoint`` as a kill while the Trainer wrote its file number ``position`` would:
+    the files before it (in write order: modification time, then name) whole, that one cut to
+    half its size, the later ones absent, and no manifest. ``position`` = the number of files:
+    every file written, the manifest not yet. Returns the names in write order."""
+    from pathlib import Path
+
+    from knowtune.train.checkpoints import MANIFEST
+
+    (Path(checkpoint) / MANIFEST).unlink(missing_ok=True)
+    files = sorted((p for p in Path(checkpoint).rglob("*") if p.is_file()), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    if position < len(files):
+        with open(files[position], "r+b") as handle:
+            handle.truncate(files[position].stat().st_size // 2)
+        for later in files[position + 1:]:
+            later.unlink()
+    return [p.relative_to(checkpoint).as_posix() for p in files]
+
+
+def crash_in_checkpoint(epoch: int, position: int, *, kill: bool = False):
+    """A ``TrainerCallback`` that, once the checkpoint of ``epoch`` is saved and before its manifest, cuts
+    it at ``position`` (:func:`cut_checkpoint`) and raises :class:`SimulatedCrash` (``kill``: SIGKILLs the process)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class CrashInCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if round(state.epoch) == epoch:
+                cut_checkpoint(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", position)
+                if kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise SimulatedCrash(f"stopped while writing file {position} of the checkpoint of epoch {epoch}")
+
+    return CrashInCheckpoint()
+
+
+def kill_in_checkpoint_from_env():
+    """:func:`crash_in_checkpoint` with ``kill``, at ``$KNOWTUNE_TEST_KILL_IN_CHECKPOINT`` = ``EPOCH:POSITION``."""
+    import os
+
+    from knowtune.train.checkpoints import KILL_ENV
+
+    epoch, position = (int(part) for part in os.environ[KILL_ENV].split(":"))
+    return crash_in_checkpoint(epoch, position, kill=True)
+
+
+def kill_train_in_checkpoint(args, epoch: int, position: int, *, env=None, timeout_s: float = 300.0) -> None:
+    """Run ``knowtune *args`` (a ``train``) in a subprocess that SIGKILLs itself while writing file
+    ``position`` of the checkpoint of ``epoch`` (:func:`crash_in_checkpoint`); asserts it was killed so."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from knowtune.train.checkpoints import KILL_ENV
+
+    env = {**(os.environ if env is None else env), KILL_ENV: f"{epoch}:{position}"}
+    process = subprocess.run([sys.executable, "-c", "from knowtune.cli import main; main()", *map(str, args)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
+    assert process.returncode == -signal.SIGKILL, f"status {process.returncode}, not a kill:\n{process.stderr.decode()[-2000:]}"
 
 
 # Tiny random-initialised models of many architecture families (the architecture matrix).

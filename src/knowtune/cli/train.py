@@ -60,7 +60,7 @@ def train_command(
     err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
     with OutputLock(out, command_name()):
         result = train_model(settings, model, splits, categories, out,
-                             resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+                             resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True), console=err_console)
     console.print(_summary_table(result))
     typer.echo(str(result.model_dir))
 

@@ -174,12 +174,14 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
     """A ``Trainer`` (``method: sft``) or ``SelfDistillationTrainer`` (``selfdistill``) over ``rows``.
 
     Checkpoints go to ``output_dir`` at every epoch end when ``save`` (all of them kept
-    with ``save_every_epoch``, else the last). An :class:`EpochEvalCallback` among
+    with ``save_every_epoch``, else the last), each completed by a manifest
+    (:mod:`knowtune.train.checkpoints`). An :class:`EpochEvalCallback` among
     ``callbacks`` is placed before the reporters so they log its metrics.
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from knowtune.compat import reporter_logging_dir, warmup_arguments
+    from knowtune.train.checkpoints import checkpoint_callbacks
     from knowtune.train.selfdistill import TEACHER_TOPK_LOGPROBS, SelfDistillationTrainer, TeacherTopKCollator
 
     method = method or config.method
@@ -191,12 +193,12 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
             output_dir=str(output_dir), num_train_epochs=epochs or config.epochs, learning_rate=config.learning_rate,
             per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
             weight_decay=config.weight_decay, **warmup_arguments(config.warmup_ratio), lr_scheduler_type=config.lr_scheduler,
-            logging_strategy="epoch", save_strategy="epoch" if save else "no", save_total_limit=None if config.save_every_epoch else 1,
+            logging_strategy="epoch", save_strategy="epoch" if save else "no", save_total_limit=None,
             report_to=config.report_to or "none", seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
             disable_tqdm=True, dataloader_num_workers=0, use_cpu=_use_cpu(config), **logging_dir,
         )
         common = dict(model=model, args=args, train_dataset=list(rows), data_collator=collator,
-                      processing_class=tokenizer, callbacks=list(callbacks))
+                      processing_class=tokenizer, callbacks=[*callbacks, *(checkpoint_callbacks(config.save_every_epoch) if save else [])])
         if method == "selfdistill":
             trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
         else:
@@ -338,6 +340,7 @@ def train_model(
     callbacks: Sequence[Any] = (),
     resume: bool = True,
     log: Callable[[str], None] = print,
+    console=None,
 ) -> TrainResult:
     """Fine-tune ``model_spec`` (a directory, hub id or ``default``) on ``splits.train``, evaluating
     ``splits`` (train fit, dev, test, OOD) every epoch.
@@ -348,16 +351,18 @@ def train_model(
     metrics and the format-stage teacher. With ``config.drift`` the base model's hidden
     states of the drift examples are read right after loading it (before any format stage,
     adapter or freezing, and again on resume), and every record gets ``drift/cosine``.
-    The same config, data and seed give the same metrics.
+    The same config, data and seed give the same metrics. Progress within each epoch goes to
+    ``log`` as plain lines, or is a bar on ``console`` (a rich ``Console``) when that is a terminal.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     from knowtune.models import fingerprint_of
+    from knowtune.train.checkpoints import resume_checkpoint
+    from knowtune.train.progress import TrainProgress
 
     out_dir = Path(out_dir)
     _check_inputs(config, splits.train, splits.dev, categories)
     _use_cpu(config)
     check_reporters(config.report_to)
+    progress = TrainProgress(log, console)
     drift, drift_examples = config.drift, None
     if drift is not None:
         drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed)
@@ -378,11 +383,14 @@ def train_model(
     if config.method == "selfdistill" and config.selfdistill.cache_teacher:
         rows, teacher = _with_cached_teacher(config, teacher, tokenizer, rows, out_dir, log), None
     checkpoints = out_dir / "checkpoints"
-    trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks], teacher=teacher)
-    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks, progress], teacher=teacher)
+    last = resume_checkpoint(checkpoints, log) if resume else None
     if last:
         log(f"resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finally:
+        progress.close()
     return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts())
 
 
