@@ -110,6 +110,10 @@ class CheckpointManifest(TrainerCallback):
         self.keep_all = keep_all
 
     def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its files (rng_state_<rank>.pth) before they are listed
         if not args.should_save:  # only the process that writes the model writes the manifest
             return
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
