@@ -213,10 +213,17 @@ def preflight_annotate(config) -> None:
 
 
 def preflight_evaluate(config, *, allow_other_audit: bool = False, log: Callable[[str], None] | None = None) -> None:
-    """``knowtune evaluate``: out, values, model, example lengths and the audit's model."""
+    """``knowtune evaluate``: out, values, model (only its tokenizer when served), example lengths and the audit's model."""
+    from knowtune.models import load_tokenizer, resolve_model_dir
+
     check_out(config.out)
     check_eval_values(config)
-    directory, tokenizer = check_model(config.model)
+    config.check_served()
+    if config.served():
+        directory = resolve_model_dir(config.model)
+        tokenizer = load_tokenizer(directory, config.model)
+    else:
+        directory, tokenizer = check_model(config.model)
     if not config.data:
         return
     reserve = config.task_spec().flat()["max_new_tokens"]
