@@ -307,6 +307,9 @@ def run_ptrue(config: "AnnotateConfig", *, on_batch: Callable[[dict[str, Any]], 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     task = config.task_spec()
+    if getattr(task.match, "method", "exact") == "judge":
+        raise ConfigError("--method ptrue marks proposed answers correct by exact, contains or f1 match, not by a judge",
+                          fix="pass --match exact (or contains, f1) with --method ptrue")
     audited, pool = load_audit_data(config, task.fewshot.exemplars_from)
     relations = sorted({e.relation for e in audited})
     sets = draw_exemplar_sets(pool, relations, n_ex=1, k=task.fewshot.k, seed=config.seed, source=task.fewshot.exemplars_from)
