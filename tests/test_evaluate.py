@@ -168,11 +168,11 @@ def test_evaluate_match_flags_choose_the_matcher_and_long_gold_answers_are_warne
     examples = [ex for ex in world.examples if ex.split == "dev"][:6]
     long = examples[0].model_copy(update={"answers": (" ".join([examples[0].answers[0]] * 30),)})
     save_examples([long, *examples[1:]], tmp_path / "data.jsonl")
-    base = ("evaluate", "--model", tiny_pretrained, "--data", tmp_path / "data.jsonl", "--split", "dev", "--device", "cpu", "--format", "fewshot", "--shots", "0")
-    code, _, err = run_cli(capsys, *base, "--match", "f1", "--f1-threshold", "0.3", "--stop", "\n", "--stop", "Q:", "--max-new-tokens", "6",
+    base = ("evaluate", "--model", tiny_pretrained, "--data", tmp_path / "data.jsonl", "--split", "dev", "--device", "cpu")
+    code, _, err = run_cli(capsys, *base, "--match", "f1", "--f1-threshold", "0.3", "--stop", "\n", "--stop", "Q:", "--max-new-tokens", "40",
                            "--out", tmp_path / "f1")
     assert code == 0, err
-    assert "1 of 6 examples have gold answers longer than max_new_tokens=6" in " ".join(err.split())
+    assert "1 of 6 examples have gold answers longer than max_new_tokens=40" in " ".join(err.split())
     saved = json.loads((tmp_path / "f1" / "metrics.json").read_text())["provenance"]["config"]
     assert saved["match"]["method"] == "f1" and saved["match"]["f1_threshold"] == 0.3 and saved["stop"] == ["\n", "Q:"]
     code, _, err = run_cli(capsys, *base, "--match", "judge")

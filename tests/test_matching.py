@@ -140,3 +140,91 @@ def test_case_article_punctuation_and_space_invariance(word, article, punctuatio
 def test_extract_answer_cuts_at_the_first_newline(head, tail):
     first_line = head.split("\n")[0]
     assert extract_answer(head + "\n" + tail) == first_line.strip()
+
+
+# -- match methods: contains, f1, judge's record; stop rules; the long-answer warning ----------------------
+
+@pytest.mark.parametrize(("prediction", "answers", "exact", "contains", "f1"), [
+    ("Paris", ["Paris"], True, True, True),
+    ("It is Paris, in France.", ["paris"], False, True, False),  # F1 = 2 * (1/4 * 1) / (1/4 + 1) = 0.4
+    ("Paris France", ["Paris"], False, True, True),  # F1 = 2/3
+    ("Romeo", ["Rome"], False, False, False),  # contains works on whole words
+    ("the United States of America", ["USA", "United States"], False, True, True),  # any alias; F1 = 0.8
+    ("Barack Obama", ["Obama"], False, True, True),
+    ("Obama", ["Barack Hussein Obama"], False, False, True),  # F1 = 0.5, at the default threshold
+    ("Michelle Obama", ["Barack Obama"], False, False, True),  # F1 = 0.5: why the threshold is a choice
+    ("", ["Paris"], False, False, False),
+    ("the", ["the"], False, False, False),  # an answer that normalises to nothing is never right
+])
+def test_hand_made_cases_of_each_method(prediction, answers, exact, contains, f1):
+    assert is_correct(prediction, answers) is exact
+    assert is_correct(prediction, answers, MatchConfig(method="contains")) is contains
+    assert is_correct(prediction, answers, MatchConfig(method="f1")) is f1
+
+
+def test_token_f1_is_squads_and_the_threshold_decides():
+    from knowtune.matching import token_f1
+
+    assert token_f1("barack obama", "obama") == pytest.approx(2 / 3)
+    assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)  # multiset overlap: 2 of 3 tokens each side
+    assert token_f1("x", "y") == 0.0
+    assert is_correct("Michelle Obama", ["Barack Obama"], MatchConfig(method="f1", f1_threshold=0.5))
+    assert not is_correct("Michelle Obama", ["Barack Obama"], MatchConfig(method="f1", f1_threshold=0.6))
+    with pytest.raises(ValueError):
+        MatchConfig(method="f1", f1_threshold=0)
+
+
+def test_judge_needs_a_server_and_is_not_a_pure_function():
+    from knowtune.matching import correct_many
+
+    with pytest.raises(ValueError, match="--judge-url"):
+        MatchConfig(method="judge")
+    judged = MatchConfig(method="judge", judge={"base_url": ["http://127.0.0.1:9/v1"], "model": "m"})
+    with pytest.raises(ValueError, match="judge"):
+        is_correct("x", ["x y"], judged)
+    with pytest.raises(ValueError, match="open_judge"):
+        correct_many([("q", ["a"], "b")], judged)
+    with pytest.raises(ValueError, match="answer"):
+        MatchConfig(method="judge", judge={"base_url": ["http://h/v1"], "model": "m", "prompt": "{question} {gold}"})
+
+
+def test_the_default_record_is_version_1s_and_new_keys_appear_only_when_set():
+    v1 = {"nfkc": True, "lowercase": True, "strip_punctuation": True, "strip_articles": True, "collapse_whitespace": True, "version": 1}
+    assert MatchConfig().model_dump(mode="json") == v1 == MatchConfig(method="exact").protocol_record()
+    assert MatchConfig(method="f1").protocol_record() == {**v1, "method": "f1"}  # the default threshold 0.5 is implied
+    assert MatchConfig(method="contains", f1_threshold=0.7).protocol_record() == {**v1, "method": "contains"}  # unused: not recorded
+    judged = MatchConfig(method="judge", judge={"base_url": ["http://h:1/v1"], "model": "m", "concurrency": 2})
+    assert set(judged.protocol_record()["judge"]) == {"model", "prompt", "max_tokens"}  # where and how hard to ask: not the protocol
+    assert MatchConfig.model_validate(judged.model_dump()) == judged
+
+
+def test_stop_rules():
+    from knowtune.matching import StopRule, stop_strings
+    from pydantic import TypeAdapter
+
+    rule = TypeAdapter(StopRule)
+    assert rule.validate_python(["\n"]) == "\n"  # a one-item list is that string (the same protocol)
+    assert rule.validate_python(["\n\n", "Q:"]) == ["\n\n", "Q:"]
+    for bad in ([], [""], ""):
+        with pytest.raises(ValueError):
+            rule.validate_python(bad)
+    assert stop_strings("\n") == ("\n",)
+    answer = "Paris is the capital. It lies on the Seine.\n\nQ: next"
+    assert extract_answer(answer, ["\n\n", "Q:"]) == "Paris is the capital. It lies on the Seine."
+    assert extract_answer(answer, [". ", "\n"]) == "Paris is the capital"
+
+
+def test_long_gold_answers_are_counted_in_a_warning():
+    from transformers import AutoTokenizer
+
+    from knowtune.data.schema import QAExample
+    from knowtune.matching import long_answer_warning
+    from knowtune.models import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    long = "a very long answer that goes on and on for many more words than fit " * 3
+    examples = [QAExample(id=str(i), relation="r", question="q?", answers=answers, split="train")
+                for i, answers in enumerate([("Paris",), (long,), (long, "short"), (long + "more",)])]
+    warning = long_answer_warning(tokenizer, examples, 24)
+    assert warning is not None and "2 of 4 examples" in warning and "--max-new-tokens" in warning
+    assert long_answer_warning(tokenizer, examples[:1], 24) is None

@@ -38,7 +38,7 @@ from knowtune.config import StageConfig
 from knowtune.data.formats import DataFields
 from knowtune.data.schema import QAExample
 from knowtune.errors import ConfigError, DataError
-from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, is_correct, normalize_answer
+from knowtune.matching import DEFAULT_MATCH, MATCH_VERSION, MatchConfig, StopRule, correct_many, normalize_answer
 from knowtune.serving.config import ServedSettings
 from knowtune.slick.categories import CATEGORIES, KNOWN
 from knowtune.task import DEFAULT_IDK, DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec, resolve_task
@@ -196,18 +196,25 @@ def score_predictions(
     categories: Mapping[str, str] | None = None,
     idk_phrase: str = DEFAULT_IDK,
     match: MatchConfig = DEFAULT_MATCH,
+    judge=None,
 ) -> EvalResult:
-    """Score ``predictions`` (one extracted answer per example) against the gold answers."""
+    """Score ``predictions`` (one extracted answer per example) against the gold answers, by
+    ``match.method`` (``judge``: a :class:`knowtune.judge.Judge`; without one, an uncached judge is opened)."""
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
     idk = normalize_answer(idk_phrase, match)
+    if judge is None and match.method == "judge":
+        from knowtune.judge import open_judge
+
+        judge = open_judge(match)
+    verdicts = correct_many([(ex.question, ex.answers, text) for ex, text in zip(examples, predictions)], match, judge)
     scored = [
         Prediction(
             id=ex.id, relation=ex.relation, question=ex.question, answers=ex.answers, prediction=text,
-            correct=is_correct(text, ex.answers, match), answered=normalize_answer(text, match) != idk,
+            correct=correct, answered=normalize_answer(text, match) != idk,
             category=categories.get(ex.id) if categories is not None else None,
         )
-        for ex, text in zip(examples, predictions)
+        for ex, text, correct in zip(examples, predictions, verdicts)
     ]
     per_category: dict[str, GroupMetrics] = {}
     if categories is not None:
@@ -238,6 +245,7 @@ def evaluate_examples(
     exemplar_pool: Sequence[QAExample] = (),
     categories: Mapping[str, str] | None = None,
     batch_size: int = 64,
+    judge=None,
 ) -> EvalResult:
     """Greedy answers to ``examples`` (batched, left-padded ``generate``), scored by exact match.
 
@@ -254,7 +262,7 @@ def evaluate_examples(
         answers = greedy_answers(model, tokenizer, prompts, task=task, batch_size=batch_size) if prompts else []
     finally:
         model.train(was_training)
-    return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
+    return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match, judge=judge)
 
 
 def flat_metrics(prefix: str, result: EvalResult) -> dict[str, float | int | None]:
@@ -279,7 +287,7 @@ class EvalConfig(ServedSettings):
     """Settings of ``knowtune evaluate`` (YAML keys = CLI flags; saved as ``config.yaml`` and in ``metrics.json``).
 
     ``task`` names a task YAML file (:mod:`knowtune.task`); ``prompt.template``,
-    ``prompt.shots``, ``idk_phrase`` and ``max_new_tokens``, when set, override it.
+    ``prompt.shots``, ``idk_phrase``, ``max_new_tokens``, ``stop`` and ``match``, when set, override it.
     ``backend: openai`` and its fields (:class:`~knowtune.serving.config.ServedSettings`) take the
     greedy answers from OpenAI-compatible servers (:func:`knowtune.slick.served.served_greedy_answers`);
     ``model`` then names the served model's tokenizer only.
@@ -298,7 +306,7 @@ class EvalConfig(ServedSettings):
     out: str | None = None
     """Write metrics.json and predictions.jsonl here."""
     task: str | None = None
-    """A task YAML (docs/task.md); prompt.template, prompt.shots, idk_phrase and max_new_tokens set here override it."""
+    """A task YAML (docs/task.md); prompt.template, prompt.shots, idk_phrase, max_new_tokens, stop and match set here override it."""
     prompt: PromptFormat = Field(default_factory=PromptFormat)
     """The prompt shown to the model."""
     idk_phrase: str = DEFAULT_IDK
@@ -307,6 +315,10 @@ class EvalConfig(ServedSettings):
     """Questions decoded together."""
     max_new_tokens: int = Field(24, ge=1)
     """Answer length cap in tokens."""
+    stop: StopRule = "\n"
+    """Text that ends an answer (repeat for several stop strings)."""
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    """Answer matching: the normalisation and the method (--match exact|contains|f1|judge, docs/annotate.md)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate only the first N examples of the split."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -320,7 +332,8 @@ class EvalConfig(ServedSettings):
 
 
 #: Task keys of :class:`EvalConfig` -> their field paths.
-EVAL_TASK_KEYS = {"prompt_template": "prompt.template", "k": "prompt.shots", "idk_phrase": "idk_phrase", "max_new_tokens": "max_new_tokens"}
+EVAL_TASK_KEYS = {"prompt_template": "prompt.template", "k": "prompt.shots", "idk_phrase": "idk_phrase", "max_new_tokens": "max_new_tokens",
+                  "stop": "stop", "match": "match"}
 
 
 def load_categories(path: str | Path) -> dict[str, str]:

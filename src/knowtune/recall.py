@@ -26,13 +26,14 @@ DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 2), (3, 5), (6, 10),
 _STOP_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def stop_token_ids(tokenizer, stop: str = "\n") -> list[int]:
+def stop_token_ids(tokenizer, stop: str | list[str] = "\n") -> list[int]:
     """Ids of every token whose text contains ``stop``, plus EOS: the answer stops at any of them.
 
     The same rule as the SliCK backend (:func:`knowtune.slick.tokens.stop_token_mask`),
     computed once per tokenizer and stop string: evaluation calls this every epoch.
     """
     cached = _STOP_IDS.setdefault(tokenizer, {})
+    stop = stop if isinstance(stop, str) else tuple(stop)
     if stop not in cached:
         from knowtune.slick.tokens import eos_token_ids, stop_token_mask
 

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, Field
 
 from knowtune.config import StageConfig
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.matching import MatchConfig
+from knowtune.matching import MatchConfig, StopRule
 from knowtune.provenance import config_hash
 
 TASK_VERSION = 1
@@ -106,9 +106,9 @@ class Tokenization(StageConfig):
 
 
 class Generation(StageConfig):
-    """The answer ends at the first ``stop`` string (or EOS), after at most ``max_new_tokens``."""
+    """The answer ends at the first ``stop`` string (one, or the earliest of several) or EOS, after at most ``max_new_tokens``."""
 
-    stop: str = Field("\n", min_length=1)
+    stop: StopRule = "\n"
     max_new_tokens: int = Field(24, ge=1)
 
 

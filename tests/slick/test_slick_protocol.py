@@ -104,3 +104,31 @@ def test_too_few_candidates_is_an_error_with_a_fix():
     with pytest.raises(KnowtuneError, match="needs k \\+ 1 = 5") as error:
         draw_exemplar_sets(_examples("r", 4), ["r"], n_ex=10, k=4, seed=0, source="dev")
     assert "--exemplars-from train" in error.value.fix
+
+
+JUDGE = {"base_url": ["http://127.0.0.1:8081/v1"], "model": "judge-model"}
+
+
+@pytest.mark.parametrize("change", [
+    {"match": {"method": "contains"}}, {"match": {"method": "f1"}}, {"match": {"method": "judge", "judge": JUDGE}},
+    {"stop": ["\n\n", "Q:"]}, {"stop": "\n\n"},
+])
+def test_matchers_and_stop_rules_are_protocol(change):
+    assert _hash(**change) != _hash()
+
+
+def test_matcher_settings_in_the_hash_are_those_that_decide_verdicts():
+    assert _hash(match={"method": "f1", "f1_threshold": 0.6}) != _hash(match={"method": "f1"})
+    assert _hash(match={"method": "exact", "f1_threshold": 0.6}) == _hash()  # unused by exact
+    judge = {"method": "judge", "judge": JUDGE}
+    assert _hash(match={**judge, "judge": {**JUDGE, "model": "other"}}) != _hash(match=judge)
+    assert _hash(match={**judge, "judge": {**JUDGE, "prompt": "Q: {question} G: {gold} A: {answer}"}}) != _hash(match=judge)
+    assert _hash(match={**judge, "judge": {**JUDGE, "base_url": ["http://10.0.0.2:80/v1"], "concurrency": 1}}) == _hash(match=judge)
+    assert _hash(stop=["\n"]) == _hash(match={"method": "exact"}) == _hash()  # the defaults, spelled out, are the default
+
+
+def test_the_match_and_stop_rules_reach_the_recorded_protocol():
+    config = AnnotateConfig(match={"method": "f1", "f1_threshold": 0.7}, stop=["\n\n", "Q:"], max_new_tokens=64)
+    protocol = build_protocol(config, config.task_spec(), {}, "float32")
+    assert protocol["match"]["method"] == "f1" and protocol["match"]["f1_threshold"] == 0.7
+    assert (protocol["decoding"]["stop"], protocol["decoding"]["max_new_tokens"]) == (["\n\n", "Q:"], 64)

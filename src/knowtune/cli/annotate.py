@@ -12,6 +12,7 @@ from rich.table import Table
 from knowtune.cli import app, err_console
 from knowtune.cli.options import with_config_flags
 from knowtune.data.formats import FIELD_FLAG_ALIASES
+from knowtune.matching import MATCH_FLAG_ALIASES
 from knowtune.slick.categories import CATEGORIES
 from knowtune.slick.protocol import AnnotateConfig
 
@@ -24,7 +25,7 @@ app.add_typer(annotate_app, name="annotate")
 
 
 @annotate_app.callback()
-@with_config_flags(AnnotateConfig, aliases={"splits": ["--split"], **FIELD_FLAG_ALIASES}, commas=["relations"])
+@with_config_flags(AnnotateConfig, aliases={"splits": ["--split"], **FIELD_FLAG_ALIASES, **MATCH_FLAG_ALIASES}, commas=["relations"])
 def annotate(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", help="annotate.yaml with any config key; flags override it."),

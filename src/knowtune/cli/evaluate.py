@@ -12,6 +12,7 @@ from rich.table import Table
 from knowtune.cli import app, err_console
 from knowtune.cli.options import with_config_flags
 from knowtune.data.formats import FIELD_FLAG_ALIASES
+from knowtune.matching import MATCH_FLAG_ALIASES
 from knowtune.evaluate import EvalConfig
 
 console = Console()
@@ -19,7 +20,7 @@ console = Console()
 
 @app.command("evaluate")
 @with_config_flags(EvalConfig, aliases={"prompt.kind": ["--format"], "prompt.template": ["--template"], "prompt.shots": ["--shots"],
-                                        "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES})
+                                        "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES, **MATCH_FLAG_ALIASES})
 def evaluate_command(
     config: Optional[Path] = typer.Option(None, "--config", help="evaluate.yaml with any EvalConfig key; flags override it."),
     allow_other_model_audit: bool = typer.Option(False, "--allow-other-model-audit", help="Use --annotations made with another model than --model or its base (refused by default)."),
@@ -48,6 +49,8 @@ def run_evaluate(config) -> None:
     from knowtune.data import load_examples
     from knowtune.errors import KnowtuneError
     from knowtune.evaluate import evaluate_examples, load_categories, metadata_categories, write_eval_outputs
+    from knowtune.judge import open_judge
+    from knowtune.matching import long_answer_warning
     from knowtune.models import fingerprint_of, load
     from knowtune.world.embedded import resolve_data_path
 
@@ -61,13 +64,16 @@ def run_evaluate(config) -> None:
         raise KnowtuneError(f"{config.data}: no examples of the {config.split} split", fix="pick another --split, or check --data")
     categories = load_categories(config.annotations) if config.annotations is not None else metadata_categories(examples)
     pool = [ex for ex in examples if ex.split == task.fewshot.exemplars_from]
+    judge = open_judge(task.match, Path(config.out) / "judge.sqlite" if config.out is not None else None)  # --match judge: cached verdicts
     if config.served():
-        result, fingerprint = _evaluate_served(config, selected, task, pool, categories)
+        result, fingerprint = _evaluate_served(config, selected, task, pool, categories, judge)
     else:
         llm, tokenizer = load(config.model, config.device, config.dtype)
         fingerprint = fingerprint_of(config.model)
+        if warning := long_answer_warning(tokenizer, selected, task.generation.max_new_tokens):
+            err_console.print(warning, highlight=False, soft_wrap=True)
         result = evaluate_examples(llm, tokenizer, selected, task=task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed,
-                                   exemplar_pool=pool, categories=categories, batch_size=config.batch_size)
+                                   exemplar_pool=pool, categories=categories, batch_size=config.batch_size, judge=judge)
     console.print(_table(f"{config.split} split, {config.prompt.kind} prompt ({len(selected)} examples)", {"all": result.overall, **result.per_category}))
     console.print(_table("per relation", result.per_relation))
     if config.out is not None:
@@ -76,7 +82,7 @@ def run_evaluate(config) -> None:
         err_console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'config.yaml'} and {out / 'task.yaml'}", highlight=False)
 
 
-def _evaluate_served(config, selected, task, pool, categories):
+def _evaluate_served(config, selected, task, pool, categories, judge=None):
     """``evaluate_examples`` with the greedy answers from the servers of ``config`` (``--backend openai``):
     the same prompts and token ids (``--model`` names the tokenizer), checked against the servers' tokenizer.
     Returns the result and the served fingerprint (the servers' model name and the tokenizer's hash)."""
@@ -89,7 +95,7 @@ def _evaluate_served(config, selected, task, pool, categories):
     tokenizer = load_tokenizer(model_dir)
     prompts = evaluation_prompts(tokenizer, selected, task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed, exemplar_pool=pool)
     answers = served_greedy_answers(audit, tokenizer, prompts, task=task)
-    result = score_predictions(selected, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
+    result = score_predictions(selected, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match, judge=judge)
     return result, audit.fingerprint
 
 

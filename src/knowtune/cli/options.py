@@ -222,7 +222,7 @@ def _convert(flag: Flag, value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if flag.kind == "list":
-        items = [part.strip() for item in value for part in (item.split(",") if flag.commas else [item]) if part.strip()]
+        items = [part for item in value for part in ([p.strip() for p in item.split(",")] if flag.commas else [item]) if part]  # "\n" stays
         return items[0] if flag.scalar_or_list and len(items) == 1 else items
     if flag.kind == "yaml":
         try:

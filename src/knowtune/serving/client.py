@@ -43,7 +43,7 @@ class CompletionRequest:
 
     prompt: str
     max_tokens: int
-    stop: str
+    stop: str | tuple[str, ...] | list[str]
     n: int = 1
     temperature: float = 0.0
     top_k: int | None = None
@@ -52,7 +52,7 @@ class CompletionRequest:
     prompt_tokens: int | None = None
 
     def body(self, model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "prompt": self.prompt, "max_tokens": self.max_tokens, "stop": [self.stop],
+        body: dict[str, Any] = {"model": model, "prompt": self.prompt, "max_tokens": self.max_tokens, "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop),
                                 "n": self.n, "temperature": self.temperature, "top_p": 1.0, "stream": False}
         if self.temperature > 0:
             body.update(min_p=0.0, typical_p=1.0, repeat_penalty=1.0)  # llama.cpp's other samplers off (vLLM's are off by default)

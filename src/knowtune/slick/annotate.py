@@ -30,7 +30,8 @@ from knowtune.config import save_config
 from knowtune.data.schema import QAExample
 from knowtune.errors import KnowtuneError
 from knowtune.io import atomic_write_json
-from knowtune.matching import extract_answer, normalize_answer
+from knowtune.judge import open_judge
+from knowtune.matching import correct_many, extract_answer, long_answer_warning, matches_normalized, normalize_answer
 from knowtune.provenance import config_hash, model_fingerprint
 from knowtune.slick.categories import CATEGORIES, verdict
 from knowtune.slick.exemplars import ExemplarSet, draw_exemplar_sets
@@ -145,7 +146,15 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
             backend = (served.backend(tokenizer, **decoding) if served else
                        HFBackend(model, tokenizer, **decoding, batch_size=config.batch_size, engine=config.engine))
             builder = plan.task.prompts(tokenizer)
-            _process(config, plan, pending, backend, builder, store, fingerprint, on_batch)
+            warning = long_answer_warning(tokenizer, [e for _, e in pending], plan.task.generation.max_new_tokens)
+            if warning and log is not None:
+                log(warning)
+            judge = open_judge(config.match, out / "annotations.sqlite")  # verdicts cached beside the results
+            try:
+                _process(config, plan, pending, backend, builder, store, fingerprint, on_batch, judge)
+            finally:
+                if judge is not None:
+                    judge.close()
             engine = backend.engine_note
         wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}
         rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id, (None,))[0] == r.example_hash]
@@ -155,14 +164,14 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
     return write_outputs(out, rows, plan.protocol_hash, fingerprint, config.model_dump(mode="json"), config.seed, run_info)
 
 
-def _process(config, plan, pending, backend, builder, store, fingerprint, on_batch) -> None:
+def _process(config, plan, pending, backend, builder, store, fingerprint, on_batch, judge=None) -> None:
     """Annotate ``pending`` in dataset order, in committed batches of ``chunk_size`` examples
     (of any relations: one decoding batch may mix prompts of several prefixes), reporting progress."""
     counts: Counter[str] = Counter()
     finished, started = 0, time.perf_counter()
     for start in range(0, len(pending), config.chunk_size):
         chunk = pending[start:start + config.chunk_size]
-        rows = annotate_batch(config, backend, builder, plan.sets, chunk)
+        rows = annotate_batch(config, backend, builder, plan.sets, chunk, judge)
         store.put(fingerprint, plan.protocol_hash, rows)
         counts.update(r.category for r in rows)
         finished += len(rows)
@@ -189,9 +198,9 @@ class _Prompts:
 
 
 def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: Prompts, sets: dict[str, list[ExemplarSet]],
-                   chunk: Sequence[tuple[int, QAExample]]) -> list[StoredRow]:
+                   chunk: Sequence[tuple[int, QAExample]], judge=None) -> list[StoredRow]:
     """Audit one batch of examples: the prefixes of their relations go to the backend, then
-    exact or lazy generation, then scoring."""
+    exact or lazy generation, then scoring (``judge``: a :class:`knowtune.judge.Judge` for ``match.method: judge``)."""
     examples = [e for _, e in chunk]
     relations = sorted({e.relation for e in examples})
     offset = {r: i * config.n_ex for i, r in enumerate(relations)}  # prefix index of (relation, set s): offset + s
@@ -204,7 +213,7 @@ def annotate_batch(config: AnnotateConfig, backend: HFBackend, builder: Prompts,
         keys=sample_keys(config.seed, [stable_hash(e.id) for e in examples], n_ex, config.n_samples),
         alive=[pruner(e.answers, config.match, config.stop) if config.prune_samples else None for e in examples],
     )
-    score = _Scorer(backend.tokenizer, config, examples)
+    score = _Scorer(backend.tokenizer, config, examples, judge)
     if config.mode == "exact":
         pairs = [(j, s) for j in range(len(examples)) for s in range(n_ex)]
         outputs = backend.generate([prompts.request(j, s, (GREEDY, *prompts.keys[j][s])) for j, s in pairs])
@@ -237,10 +246,11 @@ def _lazy(config: AnnotateConfig, backend: HFBackend, score: "_Scorer", prompts:
 class _Scorer:
     """Decodes generated tokens, extracts and matches answers, and accumulates counts."""
 
-    def __init__(self, tokenizer, config: AnnotateConfig, examples: Sequence[QAExample]):
+    def __init__(self, tokenizer, config: AnnotateConfig, examples: Sequence[QAExample], judge=None):
         self.tokenizer = tokenizer
         self.config = config
         self.examples = examples
+        self.judge = judge
         self.golds = [{g for g in (normalize_answer(a, config.match) for a in e.answers) if g} for e in examples]
         self.greedy_answers: list[list[str]] = [[""] * config.n_ex for _ in examples]
         self.greedy_correct = [0] * len(examples)
@@ -251,21 +261,32 @@ class _Scorer:
         texts = decode_batch(self.tokenizer, rows if isinstance(rows, list) else list(rows))
         return [extract_answer(t, self.config.stop) for t in texts]
 
-    def _correct(self, j: int, answer: str) -> bool:
-        """``matching.is_correct`` with the gold answers normalised once per example."""
-        return normalize_answer(answer, self.config.match) in self.golds[j]
+    def _correct(self, pairs: Sequence[tuple[int, str]]) -> list[bool]:
+        """Verdicts of (example, answer) pairs: ``matching.is_correct`` with the gold answers
+        normalised once per example, or :func:`knowtune.matching.correct_many` (the judge's batch)."""
+        match = self.config.match
+        if match.method == "judge":
+            return correct_many([(self.examples[j].question, self.examples[j].answers, a) for j, a in pairs], match, self.judge)
+        verdicts = []
+        for j, answer in pairs:
+            predicted = normalize_answer(answer, match)
+            verdicts.append(bool(predicted) and matches_normalized(predicted, self.golds[j], match))
+        return verdicts
 
     def greedy(self, items: Sequence[tuple[int, int, Sequence[int]]]) -> None:
         """Record greedy answers: (example, prompt, tokens) triples."""
-        for (j, prompt, _), answer in zip(items, self._answers([tokens for _, _, tokens in items])):
+        answers = self._answers([tokens for _, _, tokens in items])
+        for (j, prompt, _), answer, correct in zip(items, answers, self._correct([(j, a) for (j, _, _), a in zip(items, answers)])):
             self.greedy_answers[j][prompt] = answer
-            self.greedy_correct[j] += self._correct(j, answer)
+            self.greedy_correct[j] += correct
 
     def samples(self, items: Sequence[tuple[int, Sequence[Sequence[int]]]]) -> None:
         """Count correct samples: (example, rows of one prompt) pairs."""
-        answers = iter(self._answers([row for _, rows in items for row in rows]))
+        answers = self._answers([row for _, rows in items for row in rows])
+        owners = [j for j, rows in items for _ in rows]
+        verdicts = iter(self._correct(list(zip(owners, answers))))
         for j, rows in items:
-            self.sample_correct[j] += sum(self._correct(j, next(answers)) for _ in rows)
+            self.sample_correct[j] += sum(next(verdicts) for _ in rows)
             self.drawn[j] += len(rows)
 
     def row(self, j: int, position: int) -> StoredRow:

@@ -10,7 +10,7 @@ that is 170 generations, each re-encoding a long few-shot prompt. Here:
   to a copy gathered per row;
 * each request (one prompt) is prefilled once and its cache is then repeated for its
   rows (1 greedy + 16 sampled share one prefill);
-* all rows decode together in a loop of batched tensor ops; finished rows (newline
+* all rows decode together in a loop of batched tensor ops; finished rows (a stop string
   token, EOS or ``max_new_tokens``) leave the batch
   (``DynamicCache.batch_select_indices``); there is no per-row Python work per token.
 
@@ -73,7 +73,7 @@ class HFBackend:
     is used and why. After the first call, ``engine`` and ``engine_note`` say it.
     """
 
-    def __init__(self, model, tokenizer, *, stop: str, max_new_tokens: int, temperature: float, top_k: int, batch_size: int,
+    def __init__(self, model, tokenizer, *, stop: str | list[str], max_new_tokens: int, temperature: float, top_k: int, batch_size: int,
                  engine: str = "auto", log: Callable[[str], None] | None = None):
         require_layered_cache()
         if engine not in ENGINES:

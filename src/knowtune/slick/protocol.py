@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from knowtune import __version__
 from knowtune.data.formats import DataFields
 from knowtune.errors import ConfigError
-from knowtune.matching import MatchConfig
+from knowtune.matching import MatchConfig, StopRule
 from knowtune.provenance import config_hash
 from knowtune.serving.config import ServedSettings
 from knowtune.task import ExemplarTemplate, QueryTemplate, TaskSpec, resolve_task
@@ -74,8 +74,8 @@ class AnnotateConfig(ServedSettings):
     """Sampling top-k."""
     max_new_tokens: int = Field(default=24, ge=1)
     """Answer length cap in tokens."""
-    stop: str = Field(default="\n", min_length=1)
-    """Text that ends an answer."""
+    stop: StopRule = "\n"
+    """Text that ends an answer (repeat for several stop strings, e.g. --stop $'\\n\\n' --stop Q:)."""
     instruction: str = ""
     """Text before the exemplars of every few-shot prompt."""
     exemplar_template: ExemplarTemplate = "Q: {question}\nA: {answer}\n"
@@ -89,7 +89,7 @@ class AnnotateConfig(ServedSettings):
     task: str | None = None
     """A task YAML (docs/task.md); the prompt, tokenization, stop and match keys set here override it."""
     match: MatchConfig = Field(default_factory=MatchConfig)
-    """Answer normalisation before exact match."""
+    """Answer matching: the normalisation and the method (--match exact|contains|f1|judge, docs/annotate.md)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto (CUDA when available), cpu or cuda."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -156,7 +156,9 @@ def build_protocol(config: AnnotateConfig, task: TaskSpec, exemplar_sets: dict[s
     """The full protocol record: everything that decides a result except the model.
 
     ``task`` gives the prompt, tokenization, stop rule and match (its fine-tuning prompt
-    plays no part in the audit). ``exemplar_sets`` maps each relation to its N_ex sets, each
+    plays no part in the audit). The default match and a single stop string are recorded as
+    protocol v1 recorded them (:meth:`MatchConfig.protocol_record`), so earlier stores resume;
+    another method, its threshold or judge (model, prompt) and a list of stop strings change the hash. ``exemplar_sets`` maps each relation to its N_ex sets, each
     ``{"ids": [...k ids], "spare": id, "examples": [[question, answer], ...]}``.
     """
     fewshot, generation = task.fewshot, task.generation
@@ -185,7 +187,7 @@ def build_protocol(config: AnnotateConfig, task: TaskSpec, exemplar_sets: dict[s
             "sampler": SAMPLER,
             "detokenize": "skip special tokens, no clean-up of tokenization spaces",
         },
-        "match": task.match.model_dump(mode="json"),
+        "match": task.match.protocol_record(),
         "exemplar_sets": exemplar_sets,
     }
     if not task.tokens.add_special_tokens:  # protocol v1 records before this key encoded with the tokenizer's special tokens

@@ -52,10 +52,11 @@ def may_still_match(partial: str, golds: Iterable[str], config: MatchConfig) -> 
     return False
 
 
-def pruner(answers: Iterable[str], config: MatchConfig, stop: str) -> Callable[[str], bool] | None:
+def pruner(answers: Iterable[str], config: MatchConfig, stop: str | list[str]) -> Callable[[str], bool] | None:
     """``partial -> may it still be correct`` for one example, or None where the rule above
-    does not apply (a multi-character stop string, or whitespace collapsing switched off)."""
-    if len(stop) != 1 or not config.collapse_whitespace:
+    does not apply (a multi-character stop string or several, whitespace collapsing switched off,
+    or a match method other than exact: a longer answer may still contain or mean the gold one)."""
+    if not isinstance(stop, str) or len(stop) != 1 or not config.collapse_whitespace or config.method != "exact":
         return None
     golds = tuple(g for g in {normalize_answer(a, config) for a in answers} if g)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
-def stop_token_mask(tokenizer, vocab_size: int, stop: str, eos_ids: list[int]) -> torch.Tensor:
-    """A bool vector over the model's vocabulary: tokens whose text contains ``stop``, and EOS."""
+def stop_token_mask(tokenizer, vocab_size: int, stop: str | Sequence[str], eos_ids: list[int]) -> torch.Tensor:
+    """A bool vector over the model's vocabulary: tokens whose text contains ``stop`` (or any of several
+    stop strings), and EOS. A stop string spread over several tokens is cut from the text afterwards."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
     n = min(len(tokenizer), vocab_size)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     for i, text in enumerate(texts):
-        if stop in text:
+        if any(s in text for s in stops):
             mask[i] = True
     for eos in eos_ids:
         if 0 <= eos < vocab_size:
