@@ -4,6 +4,7 @@ weights of an uninterrupted run (the default model, 3 epochs of 2 steps)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -117,7 +118,7 @@ def test_kill_9_of_knowtune_train_while_writing_a_checkpoint_then_rerun(referenc
     data, out = tmp_path / "data.jsonl", tmp_path / "run"
     save_examples(splits.train, data)
     args = ["train", "--model", "default", "--data", data, "--out", out, *FLAGS]
-    kill_train_in_checkpoint(args, epoch=2, position=2, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    kill_train_in_checkpoint(args, epoch=2, position=2, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert [path.name for path in checkpoint_dirs(out / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
     assert incomplete_reason(out / "checkpoints" / "checkpoint-4") is not None and not (out / "provenance.json").exists()
 
