@@ -64,7 +64,8 @@ class SelfDistillationTrainer(Trainer):
     ``eval_kl`` for evaluation); ``kl`` is the plain per-token KL, without lambda or tau^2.
     Batches need ``labels`` (-100 outside the answer). The loss divides by the target-token
     count of the whole accumulated batch (``num_items_in_batch``), so batch 8 x accumulation 1
-    and batch 4 x accumulation 2 take the same step. Logged ``ce``/``kl`` are this process's.
+    and batch 4 x accumulation 2 take the same step. With several processes the logged ``ce``/``kl``
+    are summed over all of them (the same means as one process with the same global batch).
     """
 
     def __init__(
@@ -187,7 +188,10 @@ class _DistillationMetrics(TrainerCallback):
         for split, prefix in (("train", ""), ("eval", "eval_")):
             if logs is None or f"{prefix}loss" not in logs or split not in self._sums:
                 continue
-            ce_sum, kl_sum, tokens = self._sums.pop(split).tolist()
+            sums = self._sums.pop(split)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(sums)  # every rank logs together (Trainer.log runs on all)
+            ce_sum, kl_sum, tokens = sums.tolist()
             means = {f"{prefix}ce": ce_sum / max(tokens, 1.0), f"{prefix}kl": kl_sum / max(tokens, 1.0)}
             logs.update(means)
             if state.log_history:  # Trainer.log stored a copy of logs just before on_log

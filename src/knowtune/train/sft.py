@@ -38,6 +38,7 @@ from knowtune.models import pad_token_id
 from knowtune.provenance import config_hash
 from knowtune.slick.categories import KNOWN
 from knowtune.task import DEFAULT_TASK, TaskSpec, resolve_task
+from knowtune.train import distributed
 from knowtune.train.callbacks import METRICS_FILE, DriftTracker, EpochEvalCallback, read_metrics, save_model_dir, select_drift_examples
 from knowtune.train.config import TrainConfig
 
@@ -303,8 +304,9 @@ def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, lo
         rows = build_sft_rows(known, tokenizer, training_task(config), terminator=config.answer_terminator)
         build_trainer(config, stage, tokenizer, rows, out_dir / "format_stage", method="sft", epochs=config.selfdistill.format_stage_epochs, save=False).train()
         teacher = stage.merge_and_unload() if hasattr(stage, "merge_and_unload") else stage
-        save_model_dir(teacher, tokenizer, teacher_dir)
-        shutil.rmtree(out_dir / "format_stage", ignore_errors=True)
+        if distributed.is_main():
+            save_model_dir(teacher, tokenizer, teacher_dir)
+            shutil.rmtree(out_dir / "format_stage", ignore_errors=True)
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).requires_grad_(True) if config.selfdistill.student_from_format_stage else model
     return teacher, student
@@ -312,21 +314,23 @@ def _make_teacher(config, model, tokenizer, train, categories, out_dir: Path, lo
 
 def _with_cached_teacher(config: TrainConfig, teacher, tokenizer, rows, out_dir: Path, log) -> list[dict[str, Any]]:
     """``rows`` with the teacher's top-k log-probs (``selfdistill.cache_teacher``), computed once into
-    ``OUT/teacher_topk.safetensors`` and read back on resume; the live teacher is then not needed."""
+    ``OUT/teacher_topk.safetensors`` and read back on resume; the live teacher is then not needed.
+    With several processes the main process computes it and the others read it."""
     from knowtune.train.selfdistill import CACHE_FILE, load_teacher_topk, precompute_teacher_topk, save_teacher_topk, with_teacher_topk
 
     settings = config.selfdistill
-    if (out_dir / CACHE_FILE).is_file():
-        log(f"teacher cache: reusing {out_dir / CACHE_FILE}")
-        cache = load_teacher_topk(out_dir)
-    else:
-        start = time.monotonic()
-        pad_id = pad_token_id(tokenizer)
-        device = "cpu" if _use_cpu(config) else "cuda"
-        cache = precompute_teacher_topk(teacher.to(device), rows, settings.top_k, config.eval_batch_size,
-                                        temperature=settings.temperature, pad_token_id=pad_id)
-        save_teacher_topk(cache, out_dir)
-        log(f"teacher cache: top-{settings.top_k} log-probs of {len(rows)} rows in {time.monotonic() - start:.1f} s ({out_dir / CACHE_FILE})")
+    with distributed.main_first():
+        if (out_dir / CACHE_FILE).is_file():
+            log(f"teacher cache: reusing {out_dir / CACHE_FILE}")
+            cache = load_teacher_topk(out_dir)
+        else:
+            start = time.monotonic()
+            pad_id = pad_token_id(tokenizer)
+            device = "cpu" if _use_cpu(config) else "cuda"
+            cache = precompute_teacher_topk(teacher.to(device), rows, settings.top_k, config.eval_batch_size,
+                                            temperature=settings.temperature, pad_token_id=pad_id)
+            save_teacher_topk(cache, out_dir)
+            log(f"teacher cache: top-{settings.top_k} log-probs of {len(rows)} rows in {time.monotonic() - start:.1f} s ({out_dir / CACHE_FILE})")
     return with_teacher_topk(rows, cache, settings.loss_config())
 
 
@@ -361,7 +365,10 @@ def train_model(
     out_dir = Path(out_dir)
     _check_inputs(config, splits.train, splits.dev, categories)
     _use_cpu(config)
+    distributed.init(config.device)
     check_reporters(config.report_to)
+    if not distributed.is_main():  # with several processes the main one logs and writes
+        log, console = (lambda _: None), None
     progress = TrainProgress(log, console)
     drift, drift_examples = config.drift, None
     if drift is not None:
@@ -371,6 +378,7 @@ def train_model(
     if resume and _check_resumable(out_dir, run):
         log(f"{out_dir} already holds this finished run")
         return _load_finished(out_dir)
+    distributed.barrier()  # every rank has read run.json before the main process rewrites it
 
     model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, splits.train, categories, out_dir, run, resume, log, drift_examples)
     task = training_task(config)
@@ -383,15 +391,20 @@ def train_model(
     if config.method == "selfdistill" and config.selfdistill.cache_teacher:
         rows, teacher = _with_cached_teacher(config, teacher, tokenizer, rows, out_dir, log), None
     checkpoints = out_dir / "checkpoints"
-    trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=[evaluator, *callbacks, progress], teacher=teacher)
-    last = resume_checkpoint(checkpoints, log) if resume else None
+    trainer = build_trainer(config, model, tokenizer, rows, checkpoints, callbacks=distributed.rank_callbacks(evaluator, [*callbacks, progress]), teacher=teacher)
+    last = distributed.broadcast(resume_checkpoint(checkpoints, log) if resume and distributed.is_main() else None)
     if last:
         log(f"resuming from {last}")
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         progress.close()
-    return _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts())
+    if not distributed.is_main():
+        distributed.barrier()  # while the main process writes the model and provenance.json
+        return _load_finished(out_dir)
+    result = _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts())
+    distributed.barrier()
+    return result
 
 
 def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
@@ -406,7 +419,7 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
 
     set_seed(config.seed)
     model, tokenizer = load(model_spec, device="cpu", dtype="float32")  # Trainer moves it to the training device
-    tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None else None
+    tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None and distributed.is_main() else None
     teacher, trainable = None, None
     if _format_stage(config):  # the format stage needs the unprepared model: check the settings on a copy
         prepare_model(copy.deepcopy(model), config, log=lambda _: None)
@@ -415,12 +428,14 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
             teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
         set_seed(config.seed)
         model, trainable = prepare_model(model, config, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _clear_run(out_dir)
-    save_config(config, out_dir / "config.yaml")
-    save_task(training_task(config), out_dir)
-    atomic_write_json(out_dir / "run.json", run)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _clear_run(out_dir)
+        save_config(config, out_dir / "config.yaml")
+        save_task(training_task(config), out_dir)
+        atomic_write_json(out_dir / "run.json", run)
+    distributed.barrier()  # the other ranks read the directory only once it is cleared and written
     if _format_stage(config):
         teacher, model = _make_teacher(config, model, tokenizer, train, categories, out_dir, log)
         set_seed(config.seed)

@@ -1,0 +1,140 @@
+"""`accelerate launch -m knowtune train` with 2 CPU processes (DDP over gloo) against one process.
+
+Two processes with per-device batch 4 take the same optimizer steps as one process with
+batch 8 (the same global batch): the HF Trainer shards each global batch of the same seeded
+order over the ranks and DDP averages the gradients. Measured on the default model (2 cores,
+transformers 5.24 and 4.56.2): every exact-match metric of every set, every epoch's step,
+the best epoch and the early stop are identical; ``train_loss``, ``grad_norm``, ``ce`` and
+``kl`` differ by at most 4e-7 relative (the gradient all-reduce adds in another order),
+the final weights by at most 1e-6. The tests allow ``RTOL`` = 1e-4 on those and no
+difference in exact match (docs/train.md, "Multi-GPU").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from knowtune.data import save_examples
+from knowtune.data.splits import load_splits
+from knowtune.models import default_model_dir
+from knowtune.train import distributed
+from knowtune.train.callbacks import EpochEvalCallback, read_metrics
+from knowtune.train.config import TrainConfig
+from knowtune.train.sft import train_model
+
+RTOL = 1e-4
+METRICS = "metrics.jsonl"
+WEIGHT_SHARE = 0.05
+FLOAT_KEYS = ("train_loss", "grad_norm", "learning_rate", "ce", "kl")
+# 16 training examples: 2 steps of global batch 8 per epoch, no ragged last batch
+# (a rank would pad it with repeated examples). Early stopping ends the run after epoch 2.
+SETTINGS = ["--epochs", "3", "--lr", "1e-3", "--early-stopping-patience", "1", "--save-every-epoch", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    splits = load_splits("embedded")
+    path = tmp_path_factory.mktemp("distributed-data") / "data.jsonl"
+    save_examples(splits.train[:16] + splits.dev[:16] + splits.test[:16], path)
+    return path
+
+
+def launch_two(*args, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``knowtune *args`` on 2 CPU processes (gloo); the whole process group
+    is killed if it outlives ``timeout_s`` (a rank left waiting at a collective hangs)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "knowtune", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the 2-process run hung for {timeout_s:.0f} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def assert_same_metrics(one: list[dict], two: list[dict]) -> None:
+    assert [(r["epoch"], r["step"]) for r in two] == [(r["epoch"], r["step"]) for r in one]
+    for a, b in zip(one, two):
+        assert set(a) == set(b)
+        for key in a:
+            if key == "eval_seconds":
+                continue
+            if key in FLOAT_KEYS and a[key] is not None:
+                assert math.isclose(a[key], b[key], rel_tol=RTOL), (a["epoch"], key, a[key], b[key])
+            else:
+                assert a[key] == b[key], (a["epoch"], key, a[key], b[key])
+
+
+def assert_same_weights(one, two) -> None:
+    """The two final models differ by at most ``WEIGHT_SHARE`` of the largest change training made."""
+    base = load_file(default_model_dir() / "model.safetensors")
+    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    update = max((a[name] - base[name]).abs().max().item() for name in a if name in base)
+    gap = max((a[name] - b[name]).abs().max().item() for name in a)
+    assert update > 0 and gap <= WEIGHT_SHARE * update, (gap, update)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """One process, batch 8."""
+    config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=8, early_stopping_patience=1, save_every_epoch=True, device="cpu", seed=3)
+    out = tmp_path_factory.mktemp("one-process")
+    result = train_model(config, default_model_dir(), load_splits(data), None, out, log=lambda _: None)
+    assert result.stopped_early and result.epochs_run == 2  # the setting the test relies on
+    return out
+
+
+def test_two_cpu_processes_match_one_process_then_resume(data, reference, tmp_path):
+    out = tmp_path / "two"
+    done = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, *SETTINGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(out / "model")  # the result printed once, by the main process
+    assert done.stderr.count("epoch 2  loss") == 1  # every epoch's evaluation and log line, once
+    metrics = read_metrics(out / METRICS)
+    assert_same_metrics(read_metrics(reference / METRICS), metrics)
+    assert_same_weights(reference, out)
+    ref_result = json.loads((reference / "provenance.json").read_text())["result"]
+    assert json.loads((out / "provenance.json").read_text())["result"] == ref_result  # stopped together, at epoch 2
+
+    # A run killed before the checkpoint of epoch 2: resume from epoch 1's on both ranks.
+    last = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in last.iterdir()}
+    shutil.rmtree(last)
+    shutil.rmtree(out / "model")
+    (out / "provenance.json").unlink()
+    resumed = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, *SETTINGS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "epoch 1  loss" not in resumed.stderr
+    assert_same_metrics(metrics, read_metrics(out / METRICS))
+    assert_same_weights(reference, out)
+
+
+def test_only_the_main_process_evaluates_and_all_follow_its_stop(monkeypatch, tmp_path):
+    evaluator = EpochEvalCallback(None, metrics_path=tmp_path / METRICS)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    callbacks = distributed.rank_callbacks(evaluator, [])
+    assert evaluator not in callbacks and isinstance(callbacks[-1], distributed.SyncStop)
+    monkeypatch.setenv("RANK", "0")
+    callbacks = distributed.rank_callbacks(evaluator, [])
+    assert callbacks.index(evaluator) < callbacks.index(next(c for c in callbacks if isinstance(c, distributed.SyncStop)))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.rank_callbacks(evaluator, []) == [evaluator]  # one process: nothing added
+
