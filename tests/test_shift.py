@@ -64,3 +64,30 @@ def test_diff_cli_base_against_a_model_that_knows_nothing(capsys, tmp_path):
     assert run_cli(capsys, "annotate", "--model", "default", "--out", tmp_path / "other", *args[:-1], "8")[0] == 0
     code, _, err = run_cli(capsys, "diff", tmp_path / "before", tmp_path / "other")
     assert code == 2 and "different protocols" in err and "decoding.samples_per_prompt" in " ".join(err.split())
+
+
+def test_train_reaudit_audits_the_fine_tuned_models_as_the_base_was_audited_and_writes_the_shift(capsys, tmp_path):
+    from knowtune.data import save_examples
+    from knowtune.data.splits import load_splits
+
+    audit = ("--data", "embedded", "--split", "train", "--limit", "12", "--n-ex", "2", "--n-samples", "2")
+    assert run_cli(capsys, "annotate", "--model", "default", "--out", tmp_path / "before", *audit)[0] == 0
+    splits = load_splits("embedded")
+    audited = {json.loads(line)["id"] for line in (tmp_path / "before" / "annotations.jsonl").read_text().splitlines()}
+    train = [e for e in splits.train if e.id in audited]
+    save_examples([*train, *splits.dev[:4]], tmp_path / "data.jsonl")
+    run = tmp_path / "run"
+    flags = ("--model", "default", "--data", tmp_path / "data.jsonl", "--out", run, "--epochs", "2", "--batch-size", "4", "--lr", "1e-2",
+             "--max-eval-examples", "4")
+    code, _, err = run_cli(capsys, "train", *flags, "--reaudit")
+    assert code == 2 and "--annotations" in err
+    code, _, err = run_cli(capsys, "train", *flags, "--annotations", tmp_path / "before", "--save-best", "--reaudit")
+    assert code == 0, err
+    before = json.loads((tmp_path / "before" / "protocol.json").read_text())
+    for stage, name in (("conv", "shift.json"), ("es", "shift_es.json")):
+        shift = json.loads((run / name).read_text())
+        after = json.loads((run / "reaudit" / stage / "protocol.json").read_text())
+        assert after["protocol_hash"] == before["protocol_hash"] and after["model_fingerprint"] != before["model_fingerprint"]
+        assert shift["overall"]["examples"] == 12 and shift["per_training"]["trained"]["examples"] == 12
+        assert (run / name.replace(".json", ".png")).is_file()
+    assert "reaudit conv:" in err and "reaudit es:" in err

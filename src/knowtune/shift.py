@@ -143,3 +143,52 @@ def plot_shift(shift: Mapping[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+#: What ``knowtune train --reaudit`` audits: the model at convergence (``OUT/model``) and, when the
+#: run kept it (``save_best``), the best-dev model (``OUT/best``, early stopping), with their shift files.
+REAUDIT_STAGES = {"conv": ("model", SHIFT_FILE), "es": ("best", "shift_es.json")}
+
+
+def reaudit(train_out: str | Path, annotations: str | Path, trained_ids: set[str], log=None) -> dict[str, dict[str, Any]]:
+    """Audit the fine-tuned model(s) in ``train_out`` exactly as the base model was audited in
+    ``annotations`` (its saved ``config.yaml``: same data, examples and protocol; in this process),
+    into ``train_out/reaudit/{conv,es}``, and write the knowledge shift beside the training outputs:
+    ``shift.json`` and ``shift.png`` (CONV), ``shift_es.json`` and ``shift_es.png`` (ES, when ``best/`` exists).
+    Returns the shifts by stage."""
+    from knowtune.config import load_config
+    from knowtune.io import atomic_write_json
+    from knowtune.provenance import provenance
+    from knowtune.slick.annotate import run_annotate
+    from knowtune.slick.protocol import AnnotateConfig
+
+    train_out, annotations = Path(train_out), Path(annotations)
+    before, before_protocol = load_audit(annotations)
+    if not (annotations / "config.yaml").is_file():
+        raise KnowtuneError(f"{annotations / 'config.yaml'}: not found, so the audit cannot be repeated",
+                            fix="pass --annotations the --out directory of a `knowtune annotate` run (it saves config.yaml)")
+    base = load_config(AnnotateConfig, annotations / "config.yaml")
+    shifts: dict[str, dict[str, Any]] = {}
+    for stage, (model_name, shift_name) in REAUDIT_STAGES.items():
+        model_dir = train_out / model_name
+        if not (model_dir / "config.json").is_file():
+            continue
+        audit_dir = train_out / "reaudit" / stage
+        if log is not None:
+            log(f"reaudit: auditing the {stage.upper()} model {model_dir} as {annotations} was audited, into {audit_dir}")
+        config = base.model_copy(update={"model": str(model_dir), "out": str(audit_dir), "shard": None, "backend": "hf", "overwrite": True})
+        run_annotate(config, log=log)
+        after, after_protocol = load_audit(audit_dir)
+        differences = protocol_differences(before_protocol["protocol"], after_protocol["protocol"])
+        if differences:
+            raise KnowtuneError(f"{audit_dir}: the re-audit's protocol differs from {annotations}'s in {', '.join(differences[:6])}",
+                                fix="rerun the base audit with this knowtune version, then train --reaudit again")
+        shift = knowledge_shift(before, after, trained_ids)
+        shift["before"] = {"dir": str(annotations), "model_fingerprint": before_protocol.get("model_fingerprint"), "protocol_hash": before_protocol.get("protocol_hash")}
+        shift["after"] = {"dir": str(audit_dir), "model_fingerprint": after_protocol.get("model_fingerprint"), "protocol_hash": after_protocol.get("protocol_hash"),
+                          "stage": stage}
+        shift["provenance"] = provenance({"before": str(annotations), "after": str(audit_dir), "trained": str(train_out)})
+        plot_shift(shift, train_out / shift_name.replace(".json", ".png"))
+        atomic_write_json(train_out / shift_name, shift)
+        shifts[stage] = shift
+    return shifts

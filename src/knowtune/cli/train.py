@@ -31,6 +31,7 @@ def train_command(
     test: Optional[str] = typer.Option(None, "--test", help="Test examples (split test of this dataset)."),
     ood: Optional[str] = typer.Option(None, "--ood", help="OOD test examples; default: the test examples of relations absent from the training data."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the last checkpoint in --out; --no-resume starts over."),
+    reaudit: bool = typer.Option(False, "--reaudit", help="At the end, audit the fine-tuned model (and OUT/best) as --annotations was audited; write OUT/shift.json (knowledge shift)."),
     question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
     answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
     relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
@@ -57,12 +58,28 @@ def train_command(
     preflight_train(settings, model=model, out=out, data=data, examples=list(splits.all), annotations=annotations,
                     allow_other_audit=allow_other_model_audit, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     categories = _categories(annotations, list(splits.all))
+    if reaudit and (annotations is None or not (annotations / "config.yaml").is_file()):
+        raise KnowtuneError("--reaudit repeats the audit of --annotations on the fine-tuned model, but there is no such audit",
+                            fix="pass --annotations DIR, the --out directory of the `knowtune annotate` run of the base model")
     err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
     with OutputLock(out, command_name()):
         result = train_model(settings, model, splits, categories, out,
                              resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True), console=err_console)
+        if reaudit:
+            _reaudit(out, annotations, splits)
     console.print(_summary_table(result))
     typer.echo(str(result.model_dir))
+
+
+def _reaudit(out: Path, annotations: Path, splits: Splits) -> None:
+    """``--reaudit``: audit the fine-tuned models as ``annotations`` was audited; write and summarise the shift (:func:`knowtune.shift.reaudit`)."""
+    from knowtune.shift import reaudit
+
+    shifts = reaudit(out, annotations, {e.id for e in splits.train}, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+    for stage, shift in shifts.items():
+        block = shift["overall"]
+        err_console.print(f"reaudit {stage}: {block['lost']} lost, {block['learned']} learned of {block['examples']} examples "
+                          f"({out / ('shift.json' if stage == 'conv' else 'shift_es.json')})", highlight=False)
 
 
 def load_training_data(data: str, *, dev: str | None = None, test: str | None = None, ood: str | None = None, fields=None) -> Splits:
