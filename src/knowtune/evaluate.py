@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from knowtune.abstain import AbstainSettings
 from knowtune.config import StageConfig
 from knowtune.data.formats import DataFields
 from knowtune.data.schema import QAExample
@@ -325,6 +326,8 @@ class EvalConfig(ServedSettings):
     """auto (CUDA when available), cpu or cuda."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
+    abstain: AbstainSettings = Field(default_factory=AbstainSettings)
+    """Answer-time verification: --abstain agreement --samples N --threshold T (knowtune.abstain, docs/train.md)."""
 
     def task_spec(self) -> TaskSpec:
         """The evaluation's task: the ``task`` file (if any) with this config's prompt keys on top."""
@@ -366,9 +369,10 @@ def metadata_categories(examples: Sequence[QAExample]) -> dict[str, str] | None:
     return found or None
 
 
-def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, *, model_fingerprint: str | None, task: TaskSpec) -> None:
-    """``metrics.json`` (metrics, config, provenance), ``predictions.jsonl``, ``config.yaml`` and
-    ``task.yaml`` (:func:`knowtune.task.save_task`), each written atomically."""
+def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, *, model_fingerprint: str | None, task: TaskSpec,
+                       extra: Mapping[str, Any] | None = None) -> None:
+    """``metrics.json`` (metrics, ``extra`` blocks such as ``abstention``, config, provenance), ``predictions.jsonl``,
+    ``config.yaml`` and ``task.yaml`` (:func:`knowtune.task.save_task`), each written atomically."""
     from knowtune.config import save_config
     from knowtune.io import atomic_write_json, atomic_write_jsonl
     from knowtune.provenance import provenance
@@ -378,7 +382,7 @@ def write_eval_outputs(out: str | Path, result: EvalResult, config: EvalConfig, 
     atomic_write_jsonl(out / "predictions.jsonl", [asdict(p) for p in result.predictions])
     save_config(config, out / "config.yaml")
     save_task(task, out)
-    record = result.to_dict()
+    record = {**result.to_dict(), **(extra or {})}
     record["provenance"] = provenance(config.model_dump(mode="json"), seed=config.prompt.seed, model_fingerprint=model_fingerprint,
                                       model=config.model, data=config.data, match_version=MATCH_VERSION, task_hash=task.hash())
     atomic_write_json(out / "metrics.json", record)

@@ -32,7 +32,7 @@ def annotate(
     overrides: Optional[dict] = None,
     flags: Optional[dict] = None,
 ) -> None:
-    """Audit what a model knows (SliCK, Gekhman et al. 2024): see docs/annotate.md.
+    """Audit what a model knows (SliCK, Gekhman et al. 2024; --method ptrue: P(True)): see docs/annotate.md.
 
     Every AnnotateConfig key is a flag (nested keys joined by -: --match-lowercase); flags override --config.
     """
@@ -47,8 +47,16 @@ def annotate(
 
     cfg = load_config(AnnotateConfig, config, overrides, flags)
     preflight_annotate(cfg)
+    log = lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    if cfg.method == "ptrue":
+        from knowtune.ptrue import print_ptrue_progress, print_ptrue_summary, run_ptrue
+
+        with OutputLock(cfg.out, command_name()) if cfg.out else nullcontext():
+            summary = run_ptrue(cfg, on_batch=lambda state: print_ptrue_progress(state, err_console), log=log)
+        print_ptrue_summary(summary, Path(cfg.out), Console())
+        return
     with OutputLock(cfg.out, command_name()) if cfg.out else nullcontext():
-        summary = run_annotate(cfg, on_batch=_print_progress, log=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))
+        summary = run_annotate(cfg, on_batch=_print_progress, log=log)
     _print_summary(summary, Path(cfg.out))
 
 

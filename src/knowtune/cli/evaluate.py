@@ -20,7 +20,8 @@ console = Console()
 
 @app.command("evaluate")
 @with_config_flags(EvalConfig, aliases={"prompt.kind": ["--format"], "prompt.template": ["--template"], "prompt.shots": ["--shots"],
-                                        "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES, **MATCH_FLAG_ALIASES})
+                                        "prompt.seed": ["--seed"], **FIELD_FLAG_ALIASES, **MATCH_FLAG_ALIASES,
+                                        "abstain.method": ["--abstain"], "abstain.samples": ["--samples"], "abstain.threshold": ["--threshold"]})
 def evaluate_command(
     config: Optional[Path] = typer.Option(None, "--config", help="evaluate.yaml with any EvalConfig key; flags override it."),
     allow_other_model_audit: bool = typer.Option(False, "--allow-other-model-audit", help="Use --annotations made with another model than --model or its base (refused by default)."),
@@ -57,6 +58,8 @@ def run_evaluate(config) -> None:
     if not config.data:
         raise KnowtuneError("no dataset given", fix="pass --data PATH (a .jsonl/.json/.parquet file, an EntityQuestions directory, or `embedded`), or data: in --config")
     config.check_served()
+    if config.abstain.method != "none" and config.served():
+        raise KnowtuneError("--abstain agreement samples answers in-process", fix="leave out --backend openai, or drop --abstain")
     task = config.task_spec()
     examples = load_examples(resolve_data_path(config.data), fields=config.data_fields)
     selected = [ex for ex in examples if ex.split == config.split][: config.limit]
@@ -74,10 +77,21 @@ def run_evaluate(config) -> None:
             err_console.print(warning, highlight=False, soft_wrap=True)
         result = evaluate_examples(llm, tokenizer, selected, task=task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed,
                                    exemplar_pool=pool, categories=categories, batch_size=config.batch_size, judge=judge)
+    abstention = None
+    if config.abstain.method == "agreement":  # knowtune.abstain: answer only when sampled answers agree
+        from knowtune.abstain import agreement_abstention
+
+        abstention = agreement_abstention(llm, tokenizer, selected, result, config.abstain, task=task, fewshot=config.prompt.kind == "fewshot",
+                                          seed=config.prompt.seed, exemplar_pool=pool, batch_size=config.batch_size)
     console.print(_table(f"{config.split} split, {config.prompt.kind} prompt ({len(selected)} examples)", {"all": result.overall, **result.per_category}))
     console.print(_table("per relation", result.per_relation))
+    for line in abstention.lines() if abstention is not None else []:
+        console.print(line, highlight=False, soft_wrap=True)
     if config.out is not None:
-        write_eval_outputs(config.out, result, config, model_fingerprint=fingerprint, task=task)
+        write_eval_outputs(config.out, result, config, model_fingerprint=fingerprint, task=task,
+                           extra={"abstention": abstention.to_dict()} if abstention is not None else None)
+        if abstention is not None:
+            abstention.write(Path(config.out), result.predictions)
         out = Path(config.out)
         err_console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'config.yaml'} and {out / 'task.yaml'}", highlight=False)
 

@@ -21,6 +21,7 @@ from knowtune.data.formats import DataFields
 from knowtune.errors import ConfigError
 from knowtune.matching import MatchConfig, StopRule
 from knowtune.provenance import config_hash
+from knowtune.ptrue import PTrueSettings
 from knowtune.serving.config import ServedSettings
 from knowtune.task import ExemplarTemplate, QueryTemplate, TaskSpec, resolve_task
 
@@ -106,6 +107,10 @@ class AnnotateConfig(ServedSettings):
     """i/N: audit only shard i (0-based) of N; join the outputs with `annotate merge`."""
     overwrite: bool = False
     """Discard results of another protocol or model found in --out."""
+    method: Literal["slick", "ptrue"] = "slick"
+    """slick (the SliCK categories) or ptrue (P(True) of the model's own answer, Kadavath et al. 2022; docs/annotate.md)."""
+    ptrue: PTrueSettings = Field(default_factory=PTrueSettings)
+    """The P(True) prompt and options (--method ptrue)."""
 
     @field_validator("shard")
     @classmethod
