@@ -26,7 +26,9 @@ from safetensors.torch import load_file
 
 from knowtune.data import save_examples
 from knowtune.data.splits import load_splits
+from knowtune.errors import ConfigError
 from knowtune.models import default_model_dir
+from knowtune.testing import run_cli
 from knowtune.train import distributed
 from knowtune.train.callbacks import EpochEvalCallback, read_metrics
 from knowtune.train.config import TrainConfig
@@ -138,3 +140,28 @@ def test_only_the_main_process_evaluates_and_all_follow_its_stop(monkeypatch, tm
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.rank_callbacks(evaluator, []) == [evaluator]  # one process: nothing added
 
+
+
+def test_sharded_parameters_are_refused_on_gpus(monkeypatch, tmp_path):
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    distributed.check_replicated_parameters(cpu=False)  # DDP
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match=r"FSDP.*main process"):
+        distributed.check_replicated_parameters(cpu=False)
+    distributed.check_replicated_parameters(cpu=True)  # accelerate runs it as DDP on CPU
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    distributed.check_replicated_parameters(cpu=False)  # ZeRO-2 shards optimizer state and gradients only
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        distributed.check_replicated_parameters(cpu=False)
+
+
+def test_study_under_a_launcher_exits_2(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, stdout, err = run_cli(capsys, "study", "--out", tmp_path / "study")
+    assert code == 2 and "accelerate launch" in err and not (tmp_path / "study").exists()

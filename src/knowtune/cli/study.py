@@ -12,6 +12,7 @@ from rich.console import Console
 
 from knowtune.cli import app, err_console
 from knowtune.cli.options import with_config_flags
+from knowtune.errors import KnowtuneError
 from knowtune.study.config import StudyConfig
 from knowtune.study.keys import KeyOverlapConfig
 
@@ -40,8 +41,14 @@ def _run(settings, report: bool) -> Path:
     from contextlib import nullcontext
 
     from knowtune.io import OutputLock, command_name
+    from knowtune.train import distributed
     from knowtune.validate import preflight_study
 
+    if distributed.world_size() > 1:
+        raise KnowtuneError("knowtune study runs in one process (its audit, curation and analysis write the study directory); "
+                            "it cannot be started by accelerate launch or torchrun",
+                            fix="run `knowtune study` directly (workers: N trains variants in parallel on CPU), or train one "
+                                "variant on several GPUs with `accelerate launch -m knowtune train` (docs/train.md, Multi-GPU)")
     preflight_study(settings)
     started = time.perf_counter()
     with OutputLock(settings.out, command_name()) if settings.out else nullcontext():

@@ -17,6 +17,7 @@ With one process (no launcher) every function here is a no-op and nothing is ini
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
-from knowtune.errors import KnowtuneError
+from knowtune.errors import ConfigError, KnowtuneError
 
 T = TypeVar("T")
 
@@ -63,12 +64,42 @@ def init(device: str) -> None:
     from accelerate import PartialState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
+    check_replicated_parameters(cpu)
     if cpu:
         # accelerate names rank r's device cpu:r, and transformers 4.x resumes the optimizer
         # with torch.load(map_location=cpu:r), which torch cannot restore to: plain cpu.
         os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
     if not dist.is_initialized():
         PartialState(cpu=cpu, timeout=TIMEOUT)
+
+
+def sharded_parameters() -> str | None:
+    """The accelerate setting that shards the model's parameters over the ranks (FSDP, DeepSpeed
+    ZeRO-3), as ``accelerate launch`` exports it to the processes; None for DDP and ZeRO-1/2."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP (distributed_type: FSDP)"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if config_file and os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            stage = str(json.load(handle).get("zero_optimization", {}).get("stage", stage))
+    return "DeepSpeed ZeRO-3 (zero_stage: 3)" if stage == "3" else None
+
+
+def check_replicated_parameters(cpu: bool) -> None:
+    """Refuse a launch that shards the parameters (on GPUs; on CPU accelerate runs such a config as DDP).
+
+    Every rank must hold the whole model: the per-epoch evaluation generates on the main
+    process alone, and a sharded forward pass needs every rank at each step.
+    """
+    setting = sharded_parameters()
+    if setting is not None and not cpu:
+        raise ConfigError(f"the accelerate config shards the model's parameters ({setting}), but knowtune's per-epoch "
+                          "evaluation generates on the main process alone and needs the whole model there",
+                          fix="use DDP (distributed_type: MULTI_GPU) or DeepSpeed ZeRO-2 (zero_stage: 2), with lora: if the "
+                              "model and its optimizer state do not fit on one GPU (docs/train.md, Multi-GPU)")
 
 
 def barrier() -> None:
