@@ -46,7 +46,8 @@ def train_command(
     Every TrainConfig key is a flag (nested keys joined by -: --selfdistill-teacher, --lora-r); flags override --config.
     """
     from knowtune.config import load_config
-    from knowtune.io import OutputLock, command_name
+    from knowtune.io import command_name
+    from knowtune.train import distributed
     from knowtune.train.sft import train_model
     from knowtune.validate import preflight_train
 
@@ -61,14 +62,16 @@ def train_command(
     if reaudit and (annotations is None or not (annotations / "config.yaml").is_file()):
         raise KnowtuneError("--reaudit repeats the audit of --annotations on the fine-tuned model, but there is no such audit",
                             fix="pass --annotations DIR, the --out directory of the `knowtune annotate` run of the base model")
-    err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
-    with OutputLock(out, command_name()):
+    if distributed.is_main():
+        err_console.print(f"train: {splits.describe()}; categories: {'yes' if categories else 'none'}", highlight=False)
+    with distributed.output_lock(out, command_name(), device=settings.device):  # held by the main process for all ranks
         result = train_model(settings, model, splits, categories, out,
                              resume=resume, log=lambda line: err_console.print(line, highlight=False, soft_wrap=True), console=err_console)
-        if reaudit:
+        if reaudit and distributed.is_main():
             _reaudit(out, annotations, splits)
-    console.print(_summary_table(result))
-    typer.echo(str(result.model_dir))
+    if distributed.is_main():
+        console.print(_summary_table(result))
+        typer.echo(str(result.model_dir))
 
 
 def _reaudit(out: Path, annotations: Path, splits: Splits) -> None:
