@@ -52,19 +52,33 @@ def check_model(spec: str | Path, flag: str = "--model"):
     """``(directory, tokenizer)`` of a complete model (:func:`knowtune.models.check_model`) whose tokenizer loads."""
     from knowtune.models import check_model as check_files, load_tokenizer
 
-    directory = check_files(spec)
-    return directory, load_tokenizer(directory, str(spec))
+    try:
+        directory = check_files(spec)
+        return directory, load_tokenizer(directory, str(spec))
+    except KnowtuneError as error:
+        if flag == "--model":
+            raise
+        raise KnowtuneError(f"{flag} {spec}: {error}", fix=error.fix) from None
 
 
 # -- values -----------------------------------------------------------------------------------
-def check_annotate_values(config) -> None:
-    """Values the audit accepts as a library but that make no SliCK audit (Gekhman et al. 2024, sec. 3)."""
+def check_annotate_values(config, prefix: str = "") -> None:
+    """Values the audit accepts as a library but that make no SliCK audit (Gekhman et al. 2024, sec. 3);
+    ``prefix``: the section of a study config (``annotate.``)."""
+    flag = "--" + prefix.replace(".", "-")
     if config.k < 1:
-        raise ConfigError("k is 0: SliCK's prompts are k-shot (k exemplars of the relation, the paper uses 4); with none every "
-                          "exemplar set is the same prompt", fix="pass --k 1 or more (default 4)")
+        raise ConfigError(f"{prefix}k is 0: SliCK's prompts are k-shot (k exemplars of the relation, the paper uses 4); with none every "
+                          "exemplar set is the same prompt", fix=f"pass {flag}k 1 or more (default 4)")
     if config.n_samples < 1:
-        raise ConfigError("n_samples is 0: WeaklyKnown needs sampled answers (P_correct(q, a; T > 0) > 0), so no example could be WeaklyKnown",
-                          fix="pass --n-samples 1 or more (default 16)")
+        raise ConfigError(f"{prefix}n_samples is 0: WeaklyKnown needs sampled answers (P_correct(q, a; T > 0) > 0), so no example could be WeaklyKnown",
+                          fix=f"pass {flag}n-samples 1 or more (default 16)")
+
+
+def check_train_values(config, prefix: str = "") -> None:
+    """A training run that cannot change the weights is a mistake, not an experiment."""
+    if config.learning_rate == 0:
+        raise ConfigError(f"{prefix}learning_rate is 0: training would leave every weight as it is",
+                          fix=f"pass --{prefix.replace('.', '-')}learning-rate above 0 (default {type(config).model_fields['learning_rate'].default})")
 
 
 def check_eval_values(config) -> None:
@@ -239,6 +253,7 @@ def preflight_train(config, *, model: str, out: str | Path, data: str, examples:
     from knowtune.models import fingerprint_of
 
     check_out(out)
+    check_train_values(config)
     directory, tokenizer = check_model(model)
     teacher = config.selfdistill.teacher if config.method == "selfdistill" else None
     if teacher not in (None, "format_stage", "base"):
@@ -262,7 +277,8 @@ def preflight_study(config) -> None:
     if not config.out:
         raise KnowtuneError("no output directory given", fix="pass --out DIR or set out: in the study config")
     check_out(config.out)
-    check_annotate_values(config.annotate.resolved())
+    check_annotate_values(config.annotate.resolved(), prefix="annotate.")
+    check_train_values(config.train, prefix="train.")
     check_variant_names(config.train_variants, config.curate)
     directory, tokenizer = check_model(config.model)
     teacher = config.train.selfdistill.teacher if config.train.method == "selfdistill" else None
@@ -309,6 +325,9 @@ def _audit_of(annotations: str | Path | None, data: str | None) -> tuple[str | N
     """The fingerprint of the audit whose categories a command reads, and how to name it:
     ``--annotations``, else the audit a curated ``--data`` variant was built from."""
     if annotations is not None:
+        from knowtune.evaluate import load_categories
+
+        load_categories(annotations)  # a missing or malformed file fails here
         return audit_fingerprint(annotations), f"--annotations {annotations}"
     if data and Path(data).exists():
         return curated_audit_fingerprint(data), f"--data {data} (a variant curated from an audit)"

@@ -162,6 +162,12 @@ def _check_config(directory: Path, spec: str) -> None:
     if not isinstance(config, dict) or "model_type" not in config:
         raise KnowtuneError(f"model {spec!r} could not be loaded: {directory / 'config.json'} names no model_type",
                             fix="restore config.json (copy or download the model again, or re-save it with model.save_pretrained(DIR))")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        path = directory / name
+        try:
+            json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (ValueError, UnicodeDecodeError) as error:
+            raise KnowtuneError(f"model {spec!r} could not be loaded: {path} is truncated or not valid JSON ({error})", fix=_INCOMPLETE_FIX) from None
 
 
 def _weight_files(directory: Path, spec: str) -> list[Path]:
