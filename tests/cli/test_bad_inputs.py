@@ -224,3 +224,42 @@ def test_a_read_only_out_is_refused_before_any_work(capsys, tmp_path):
         assert code == 2 and "is not writable" in err and not (locked / "out").exists()
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("settings", [{}, {"variants": ["ratio", "idk"], "unknown_ratios": [0, 100], "idk_base_ratio": 100},
+                                      {"variants": ["known", "single", "natural", "filtered"], "unknown_ratios": [0, 30, 100]}])
+def test_study_variant_names_are_checked_against_the_names_curation_builds(settings):
+    from knowtune.curate import AnnotatedExample, CurateConfig
+    from knowtune.curate.pipeline import build_variants
+    from knowtune.slick.categories import CATEGORIES
+    from knowtune.validate import curated_variant_names
+
+    pool = [AnnotatedExample(id=f"{r}-{c}-{i}", relation=r, split="train", question=f"q {r} {c} {i}?", answers=("a",), category=c)
+            for r in ("P1", "P2") for c in CATEGORIES for i in range(5)]
+    config = CurateConfig(**settings)
+    assert curated_variant_names(config) == [variant.name for variant in build_variants(pool, config)]
+
+
+def test_evaluate_takes_the_audit_of_the_base_model_a_train_run_records(capsys, fixtures, tmp_path):
+    """A fine-tuned model is scored per category of its base model's audit: OUT/provenance.json of
+    the train run names the base model's fingerprint (here: a run laid out as `knowtune train` writes it)."""
+    from knowtune.models import fingerprint_of
+    from knowtune.provenance import model_fingerprint, provenance
+
+    run = tmp_path / "run"
+    shutil.copytree(fixtures / "other", run / "model")
+    args = ["evaluate", "--model", run / "model", "--data", "embedded", "--limit", "2", "--annotations", fixtures / "audit"]
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "refused")
+    assert code == 2 and "audit of another model" in err
+    (run / "provenance.json").write_text(json.dumps(provenance(None, model_fingerprint=fingerprint_of("default"), base_model="default",
+                                                               final_model_fingerprint=model_fingerprint(run / "model"))))
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_allow_other_model_audit_uses_the_categories_with_a_note(capsys, fixtures, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate", "--model", fixtures / "other", "--data", "embedded", "--limit", "2",
+                           "--annotations", fixtures / "audit", "--allow-other-model-audit", "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert "used as --allow-other-model-audit asks" in " ".join(err.split()) and (tmp_path / "eval" / "metrics.json").is_file()
