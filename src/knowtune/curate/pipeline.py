@@ -7,6 +7,8 @@ Output layout (``out``)::
     <variant>/train.jsonl      QAExample records (category, p0, ps in metadata)
     <variant>/manifest.json    counts per category, relation and relation x category,
                                size, seed, source, config and provenance
+    <variant>/retrieval/       with ``route_unknown: retrieval``: the variant's Unknown examples
+                               as a BM25 store (:mod:`knowtune.retrieval`) instead of training data
 
 Nothing is written until every variant has been built and checked, and each file is
 written atomically, so an error leaves ``out`` as it was.
@@ -38,6 +40,7 @@ from knowtune.slick.categories import CATEGORIES
 VariantKind = Literal["ratio", "known", "single", "natural", "idk", "filtered"]
 VARIANT_KINDS: tuple[str, ...] = ("ratio", "known", "single", "natural", "idk", "filtered")
 INDEX_FILE = "variants.json"
+RETRIEVAL_DIR = "retrieval"
 
 _DESCRIPTIONS = {
     "ratio": "|D| examples, {ratio}% Unknown taken per relation (fixed relation mix)",
@@ -74,6 +77,8 @@ class CurateConfig(StageConfig):
     """D_IDK relabels D_X for this X."""
     variants: list[VariantKind] = Field(default_factory=lambda: list(VARIANT_KINDS), min_length=1)
     """Kinds to build: ratio, known, single, natural, idk, filtered (comma-separated or repeated)."""
+    route_unknown: Literal["train", "retrieval"] = "train"
+    """Where Unknown examples go: train (into the variants) or retrieval (each variant's Unknown examples to its own BM25 store, <variant>/retrieval)."""
 
     @field_validator("unknown_ratios")
     @classmethod
@@ -108,6 +113,8 @@ class Variant:
     kind: str
     examples: list[AnnotatedExample]
     params: dict[str, Any] = field(default_factory=dict)
+    routed: list[AnnotatedExample] = field(default_factory=list)
+    """Unknown examples routed to the variant's retrieval store (``route_unknown: retrieval``)."""
 
     @property
     def description(self) -> str:
@@ -155,6 +162,28 @@ def build_variants(examples: Sequence[AnnotatedExample], config: CurateConfig) -
     return variants
 
 
+def route_unknown(variants: Sequence[Variant], pool: Sequence[AnnotatedExample]) -> tuple[list[Variant], list[dict[str, str]]]:
+    """Move each variant's Unknown examples from its training set to ``routed`` (its retrieval store);
+    D_Filtered, which never held them, routes every Unknown example of ``pool`` (the curated split).
+
+    Variants left without training examples (D_100, D_Unknown) and D_IDK (its Unknown answers
+    would be relabelled, not retrieved) are not built; they are returned as ``{name, reason}``."""
+    kept, skipped = [], []
+    for variant in variants:
+        known = filter_unknown(variant.examples)
+        if variant.kind == "idk":
+            skipped.append({"name": variant.name, "reason": "its Unknown examples go to retrieval, so there is nothing to relabel"})
+        elif not known:
+            skipped.append({"name": variant.name, "reason": "it holds only Unknown examples, all routed to retrieval"})
+        else:
+            unknown = pool if variant.kind == "filtered" else variant.examples
+            kept.append(Variant(variant.name, variant.kind, known, variant.params, [e for e in unknown if not e.known]))
+    if not kept:
+        raise KnowtuneError("with --route-unknown retrieval no variant keeps a training example",
+                            fix="add variant kinds or ratios with Known examples (e.g. --variants ratio --unknown-ratios 50)")
+    return kept, skipped
+
+
 def counts(examples: Sequence[AnnotatedExample]) -> dict[str, Any]:
     """Examples per category, per relation and per relation x category, and the Unknown share."""
     by_pair = Counter((e.relation, e.category) for e in examples)
@@ -168,9 +197,10 @@ def counts(examples: Sequence[AnnotatedExample]) -> dict[str, Any]:
     }
 
 
-def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateConfig, source: dict[str, Any]) -> dict[str, Any]:
-    """Write each variant's ``train.jsonl``, its chat exports (:mod:`knowtune.curate.export`) and
-    ``manifest.json``, then ``config.yaml`` and the index; return the index."""
+def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateConfig, source: dict[str, Any],
+                   skipped: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    """Write each variant's ``train.jsonl``, its chat exports (:mod:`knowtune.curate.export`),
+    ``manifest.json`` and retrieval store (when it routed examples), then ``config.yaml`` and the index; return the index."""
     from knowtune.curate.export import write_chat_exports
     from knowtune.io import atomic_write_json, atomic_write_jsonl
     from knowtune.provenance import provenance
@@ -182,21 +212,37 @@ def write_variants(variants: Sequence[Variant], out: str | Path, config: CurateC
     settings = config.model_dump(mode="json")
     record = provenance(settings, seed=config.seed, source=source)
     prepared = [(v, [e.to_record() for e in v.examples], _manifest(v, config, settings, source, record)) for v in variants]
+    stores = _retrieval_stores(variants, config, settings, source)
     for variant, records, manifest in prepared:
         atomic_write_jsonl(out / variant.name / "train.jsonl", records)
         write_chat_exports(variant.examples, out / variant.name)
+        if variant.name in stores:
+            stores[variant.name].save(out / variant.name / RETRIEVAL_DIR)
         atomic_write_json(out / variant.name / "manifest.json", manifest)
     save_config(config, out / "config.yaml")
     index = {
         "variants": [
             {"name": v.name, "kind": v.kind, "size": len(v.examples), "unknown_share": m["counts"]["unknown_share"],
-             "train": f"{v.name}/train.jsonl", "chat": f"{v.name}/chat.jsonl", "chat_parquet": f"{v.name}/chat.parquet", "manifest": f"{v.name}/manifest.json", "description": v.description}
+             "train": f"{v.name}/train.jsonl", "chat": f"{v.name}/chat.jsonl", "chat_parquet": f"{v.name}/chat.parquet", "manifest": f"{v.name}/manifest.json", "description": v.description,
+             **({"retrieval": f"{v.name}/{RETRIEVAL_DIR}", "routed": len(v.routed)} if v.name in stores else {})}
             for v, _, m in prepared
         ],
+        **({"route_unknown": config.route_unknown, "skipped": list(skipped)} if config.route_unknown != "train" else {}),
         "seed": config.seed, "source": source, "config": settings, "provenance": record,
     }
     atomic_write_json(out / INDEX_FILE, index)
     return index
+
+
+def _retrieval_stores(variants: Sequence[Variant], config: CurateConfig, settings: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """The BM25 store of each variant's routed examples (passages from the world's statement templates when --data is a world)."""
+    routed = [v for v in variants if v.routed]
+    if not routed:
+        return {}
+    from knowtune.retrieval import RetrievalStore, relation_specs
+
+    relations = relation_specs(config.data)
+    return {v.name: RetrievalStore.build(v.routed, relations, settings=settings, source={**source, "variant": v.name}) for v in routed}
 
 
 def _manifest(variant: Variant, config: CurateConfig, settings: dict[str, Any], source: dict[str, Any],
@@ -207,6 +253,8 @@ def _manifest(variant: Variant, config: CurateConfig, settings: dict[str, Any], 
     }
     if variant.kind == "idk":
         manifest["relabelled"] = sum(e.category == "Unknown" for e in variant.examples)
+    if variant.routed:
+        manifest["retrieval"] = {"path": RETRIEVAL_DIR, "routed": len(variant.routed), "counts": counts(variant.routed)}
     manifest.update({"source": source, "config": settings, "provenance": record})
     return manifest
 
@@ -224,6 +272,7 @@ def run_curate(config: CurateConfig) -> dict[str, Any]:
     with _garbage_collection_paused():
         examples = load_annotated(config.annotations, config.data)
         variants = build_variants(examples, config)
+        variants, skipped = route_unknown(variants, select_split(examples, config.split)) if config.route_unknown == "retrieval" else (variants, [])
         source = {**annotation_source(config.annotations), "data": config.data, "annotated_examples": len(examples), "split": config.split}
         with OutputLock(config.out, command_name()):
-            return write_variants(variants, config.out, config, source)
+            return write_variants(variants, config.out, config, source, skipped)
