@@ -265,10 +265,8 @@ def preflight_train(config, *, model: str, out: str | Path, data: str, examples:
 
 
 def preflight_curate(config) -> None:
-    """``knowtune curate``: out and the audit directory."""
+    """``knowtune curate``: the output path (the audit directory is read, and checked, before anything is written)."""
     check_out(config.out)
-    if config.annotations and not Path(config.annotations).exists():
-        raise KnowtuneError(f"--annotations {config.annotations}: no such directory", fix="pass the --out directory of a finished `knowtune annotate` run")
 
 
 def preflight_study(config) -> None:

@@ -94,7 +94,7 @@ CASES = [
     ("train-out-is-a-file", "train --data embedded --out {D}/a-file", ["a-file exists and is not a directory"]),
     ("train-out-under-a-file", "train --data embedded --out {D}/a-file/run", ["a-file is a file"]),
     # -- curate -----------------------------------------------------------------------------------
-    ("curate-missing-annotations", "curate --annotations {D}/nowhere --out {OUT}", ["--annotations", "nowhere"]),
+    ("curate-missing-annotations", "curate --annotations {D}/nowhere --out {OUT}", ["nowhere: annotation directory not found"]),
     ("curate-malformed-annotations", "curate --annotations {D}/bad-audit --out {OUT}", ["bad-audit/annotations.jsonl:1", "Sorta"]),
     ("curate-ratio-over-100", "curate --annotations {D}/audit --unknown-ratios 150 --out {OUT}", ["unknown_ratios", "150"]),
     ("curate-variant-kind", "curate --annotations {D}/audit --variants bogus --out {OUT}", ["variants", "bogus"]),
