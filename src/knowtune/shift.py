@@ -150,12 +150,14 @@ def plot_shift(shift: Mapping[str, Any], path: str | Path) -> None:
 REAUDIT_STAGES = {"conv": ("model", SHIFT_FILE), "es": ("best", "shift_es.json")}
 
 
-def reaudit(train_out: str | Path, annotations: str | Path, trained_ids: set[str], log=None) -> dict[str, dict[str, Any]]:
+def reaudit(train_out: str | Path, annotations: str | Path, trained_ids: set[str], log=None,
+            overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Audit the fine-tuned model(s) in ``train_out`` exactly as the base model was audited in
     ``annotations`` (its saved ``config.yaml``: same data, examples and protocol; in this process),
     into ``train_out/reaudit/{conv,es}``, and write the knowledge shift beside the training outputs:
     ``shift.json`` and ``shift.png`` (CONV), ``shift_es.json`` and ``shift_es.png`` (ES, when ``best/`` exists).
-    Returns the shifts by stage."""
+    ``overrides`` changes run keys of the saved config (``data``, ``splits``: which examples are
+    audited again); a change that alters the protocol is an error. Returns the shifts by stage."""
     from knowtune.config import load_config
     from knowtune.io import atomic_write_json
     from knowtune.provenance import provenance
@@ -176,7 +178,8 @@ def reaudit(train_out: str | Path, annotations: str | Path, trained_ids: set[str
         audit_dir = train_out / "reaudit" / stage
         if log is not None:
             log(f"reaudit: auditing the {stage.upper()} model {model_dir} as {annotations} was audited, into {audit_dir}")
-        config = base.model_copy(update={"model": str(model_dir), "out": str(audit_dir), "shard": None, "backend": "hf", "overwrite": True})
+        config = base.model_copy(update={"model": str(model_dir), "out": str(audit_dir), "shard": None, "backend": "hf", "overwrite": True,
+                                         **(overrides or {})})
         run_annotate(config, log=log)
         after, after_protocol = load_audit(audit_dir)
         differences = protocol_differences(before_protocol["protocol"], after_protocol["protocol"])

@@ -4,7 +4,8 @@ Reads what ``knowtune study`` wrote (``analysis.json``, ``study.json``, ``config
 ``audit/annotations.jsonl``), adds the paper's reference numbers
 (:mod:`knowtune.study.paper`), the SliCK category distribution and, for a model pretrained
 by knowtune, the categories against pretraining exposure (``exposures.jsonl`` beside the
-model), then writes into ``STUDY_DIR/report`` (or ``out``)::
+model) and, for a study run with ``reaudit: true``, the category transition matrices of the
+variants at ES and CONV (:mod:`knowtune.study.shift`), then writes into ``STUDY_DIR/report`` (or ``out``)::
 
     index.html      one page, every figure embedded as base64 PNG, every table inline
     *.png           the figures
@@ -25,7 +26,7 @@ from knowtune.slick.categories import CATEGORIES
 from knowtune.study import paper
 
 FIGURES = ("accuracy_by_epoch", "fitted_by_category", "es_vs_conv", "linear_model", "category_distribution", "categories_by_exposure",
-           "method_dynamics", "forgetting_against_learning", "key_overlap")
+           "method_dynamics", "forgetting_against_learning", "key_overlap", "knowledge_shift")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     from knowtune.provenance import provenance
     from knowtune.report import plots
     from knowtune.report.html import render_page
+    from knowtune.study.shift import load_shifts, shift_figure, shift_rows
 
     study_dir = Path(study_dir)
     analysis = _read_json(study_dir / "analysis.json")
@@ -133,6 +135,9 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     keys = analysis.get("key_overlap")
     if keys:
         figures["key_overlap"] = plots.key_overlap(keys["rows"])
+    shift = shift_rows(load_shifts(study_dir, state))  # with the study's reaudit: the transition matrices at ES and CONV
+    if shift:
+        figures["knowledge_shift"] = shift_figure(shift)
     results = {
         "findings": analysis["findings"],
         "variants": analysis["variants"],
@@ -141,6 +146,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         "categories_by_exposure": exposure,
         "methods": methods,
         "key_overlap": keys,
+        "knowledge_shift": shift,
         "stages": state.get("stages", {}),
         "figures": [f"{name}.png" for name in figures],
         "study": str(study_dir),

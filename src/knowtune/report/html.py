@@ -165,6 +165,7 @@ def exposure_section(exposure: Mapping[str, Any]) -> str:
 
 def render_page(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     """The whole report page."""
+    from knowtune.study.shift import shift_section
     prov = results["study_provenance"]
     config = prov.get("config") or {}
     stages = "".join(f"<li>{html.escape(n)}: {s.get('seconds', '?')} s</li>" for n, s in results.get("stages", {}).items())
@@ -190,6 +191,8 @@ def render_page(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
           if results.get("methods") else []),
         *(["<h2>Key overlap: name-like against random entity keys</h2>", keys_section(results["key_overlap"], figures)]
           if results.get("key_overlap") else []),
+        *(["<h2>Knowledge shift: category transitions at EARLY_STOP and CONVERGENCE</h2>", shift_section(results["knowledge_shift"], figures)]
+          if results.get("knowledge_shift") else []),
         "<h2>SliCK category distribution</h2>", _figure(figures, "category_distribution", "category distribution"),
         distribution_section(results["category_distribution"]),
         "<h2>SliCK categories against pretraining exposure</h2>", _figure(figures, "categories_by_exposure", "categories by exposure"),

@@ -26,7 +26,7 @@ from knowtune.train.config import TrainConfig
 #: Keys that the study sets in each section itself.
 _WIRED = {"annotate": ("model", "data", "out"), "curate": ("annotations", "data", "out")}
 #: Keys that may change between two runs of one study directory (speed or scope only).
-RUN_KEYS = ("out", "device", "workers", "train_variants")
+RUN_KEYS = ("out", "device", "workers", "train_variants", "reaudit")
 _SECTION_RUN_KEYS = {"annotate": ("device", "batch_size", "chunk_size"), "train": ("device", "eval_batch_size", "report_to")}
 DEMO_CONFIG = "demo.yaml"
 METHODS_CONFIG = "methods.yaml"
@@ -78,6 +78,8 @@ class StudyConfig(StageConfig):
     """Compare fine-tuning methods on one mixture (Kaplan, Gekhman et al. 2026)."""
     key_overlap: KeyOverlapConfig | None = None
     """Run the key-overlap experiment (Kaplan, Gekhman et al. 2026)."""
+    reaudit: bool = False
+    """Audit each trained variant's model at CONV (and ES, with train.save_best) on its training facts and as many held-out ones; the report shows the category transition matrices (costly)."""
 
     @field_validator("train_variants")
     @classmethod

@@ -10,6 +10,7 @@ Output layout (``out``)::
     runs/methods/<method>/ the ``compare_methods:`` runs (a method that equals a trained variant reuses its run)
     keys/                  the ``key_overlap:`` experiment (one folder per cell, summary.json)
     analysis.json          ES/CONV, linear model, Table 2, IDK table, findings (+ provenance)
+    runs/<variant>/shift*.json  with ``reaudit: true``: the knowledge shift at CONV and ES (:func:`Study.shift`)
 
 Each stage stores a key (a hash of its settings and inputs) in ``study.json`` and is skipped
 when the key is unchanged and its outputs exist; an interrupted stage resumes (annotate and
@@ -266,6 +267,15 @@ class Study:
 
         return self._stage("compare", key, done, work)
 
+    def shift(self) -> str:
+        """``reaudit: true``: each trained run's models audited again (:func:`knowtune.study.shift.reaudit_runs`)."""
+        from knowtune.study.shift import reaudit_runs, shift_done
+
+        runs = {info.dir: name for name, info in self.state.runs.items() if name in (self.state.trained or [])}
+        key = config_hash({"train": self.state.stages["train"].key, "annotate": self.state.stages["annotate"].key, "runs": sorted(runs)})
+        done = shift_done(self.out, runs)
+        return self._stage("shift", key, done, lambda: reaudit_runs(self.out, self.variant_index(), runs, self.config.study_seed, self.log))
+
     def keys(self) -> str:
         """The key-overlap experiment of ``key_overlap:`` (Kaplan, Gekhman et al. 2026); it skips finished cells itself."""
         from knowtune.study.keys import SUMMARY_FILE, run_key_overlap
@@ -397,6 +407,8 @@ def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
         stages["compare"] = study.compare()
     if config.key_overlap is not None:
         stages["keys"] = study.keys()
+    if config.reaudit:
+        stages["shift"] = study.shift()
     stages["analyse"] = study.analyse()
     analysis = json.loads((study.out / ANALYSIS_FILE).read_text(encoding="utf-8"))
     return {"out": str(study.out), "stages": stages, "analysis": analysis}
