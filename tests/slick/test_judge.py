@@ -116,3 +116,21 @@ def test_a_judged_audit_equals_the_judges_rule_and_resumes_without_asking(judge_
     again = run_annotate(config)
     assert again["overall"]["counts"] == summary["overall"]["counts"]
     assert served(judge_url) == before  # every verdict came from the store
+
+
+@pytest.mark.served
+def test_the_judge_through_a_real_llama_server(llama_server, tmp_path):
+    """The default model served by llama-server as the judge: its replies are read (a tiny model's
+    replies are mostly neither yes nor no, so counted unclear), greedy, hence the same on a second
+    asking, and cached."""
+    match = MatchConfig(method="judge", judge={"base_url": [llama_server.base_url], "model": "default", "max_tokens": 3})
+    items = [(q, a, p) for q, a, p in ITEMS if p not in ("London", "the.")]  # the ones that need a call
+    first = open_judge(match, tmp_path / "verdicts.sqlite")
+    verdicts = first.verdicts(items)
+    assert first.calls == len(items) and all(isinstance(v, bool) for v in verdicts)
+    replies = [row[0] for row in first.cache._db.execute("SELECT reply FROM judge_verdicts")]
+    assert len(replies) == len(items) and first.unclear == sum(read_verdict(r) is None for r in replies)
+    fresh = open_judge(match)  # no cache: the server is asked again and answers the same (temperature 0)
+    assert fresh.verdicts(items) == verdicts and fresh.calls == len(items)
+    cached = open_judge(match, tmp_path / "verdicts.sqlite")
+    assert cached.verdicts(items) == verdicts and cached.calls == 0
