@@ -22,7 +22,9 @@ DEFAULT_ALIASES = ("default",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+#: Files that hold a tokenizer's vocabulary (tokenizer_config.json alone holds none: transformers then
+#: tries converters and fails with messages about protobuf or sentencepiece).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 _INCOMPLETE_FIX = "copy or download the model again (the file is incomplete), or re-save it with model.save_pretrained(DIR)"
 _SPEC_FIX = "pass --model default, a local directory written by save_pretrained, or a Hub id already in the local Hugging Face cache"
 
@@ -142,8 +144,9 @@ def _check_files(directory: Path, spec: str) -> None:
             fix="point --model at a train run's OUT/model (the merged model), not OUT/adapter" if adapter
             else "save the model with model.save_pretrained(DIR), or pass the directory that holds its weights",
         )
-    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
-        raise KnowtuneError(f"model {spec!r} could not be loaded: {directory} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})",
+    if not any((directory / name).is_file() for name in _TOKENIZER_FILES) and not any(directory.glob("*.tiktoken")):
+        raise KnowtuneError(f"model {spec!r} could not be loaded: {directory} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES)}"
+                            f"{' beside its tokenizer_config.json' if (directory / 'tokenizer_config.json').is_file() else ''})",
                             fix="save the tokenizer beside the model: tokenizer.save_pretrained(DIR)")
     _check_config(directory, spec)
     for weights in _weight_files(directory, spec):
