@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from knowtune.data import save_examples
 from knowtune.data.splits import load_splits
-from knowtune.errors import ConfigError
+from knowtune.errors import ConfigError, KnowtuneError
+from knowtune.io import LOCK_FILE, OutputLock
 from knowtune.models import default_model_dir
 from knowtune.testing import run_cli
 from knowtune.train import distributed
@@ -182,3 +186,39 @@ def test_study_under_a_launcher_exits_2(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, stdout, err = run_cli(capsys, "study", "--out", tmp_path / "study")
     assert code == 2 and "accelerate launch" in err and not (tmp_path / "study").exists()
+
+
+def _take_lock_on_rank(rank: int, port: int, directory: str, results) -> None:
+    """A forked rank of a 2-process gloo group: ``output_lock`` on ``directory``; puts (rank, outcome)."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        with distributed.output_lock(directory, f"rank {rank}", device="cpu"):
+            results.put((rank, (Path(directory) / LOCK_FILE).read_text().split(" (")[0]))
+            distributed.barrier()
+    except KnowtuneError as error:
+        results.put((rank, f"error: {error}"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _lock_on_two_ranks(directory) -> dict[int, str]:
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [context.Process(target=_take_lock_on_rank, args=(rank, port, str(directory), results)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    outcomes = dict(results.get(timeout=60) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    return outcomes
+
+
+def test_the_main_process_holds_the_output_lock_for_every_rank(tmp_path):
+    assert _lock_on_two_ranks(tmp_path / "out") == {0: "rank 0", 1: "rank 0"}  # rank 1 runs under rank 0's lock
+    with OutputLock(tmp_path / "out", "another run"):
+        outcomes = _lock_on_two_ranks(tmp_path / "out")
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith("error: ") and "in use by another run" in outcomes[0]
