@@ -96,9 +96,10 @@ def _audit(tiny_model, tiny_world, out, **values) -> AnnotateConfig:
 def test_a_judged_audit_equals_the_judges_rule_and_resumes_without_asking(judge_url, tiny_model, tiny_world, tmp_path):
     contains = run_annotate(_audit(tiny_model, tiny_world, tmp_path / "contains", match={"method": "contains"}))
     config = _audit(tiny_model, tiny_world, tmp_path / "judge", match=judged(judge_url).model_dump())
-    start = served(judge_url)
-    summary = run_annotate(config)
+    start, lines = served(judge_url), []
+    summary = run_annotate(config, log=lines.append)
     assert served(judge_url) > start  # answers that are not exact matches went to the judge
+    assert f"judge: {served(judge_url) - start} answers judged" in "\n".join(lines)
     assert summary["overall"]["counts"] == contains["overall"]["counts"]
     rows = lambda out: [(r["id"], r["category"], r["greedy_answers"]) for r in map(json.loads, (out / "annotations.jsonl").read_text().splitlines())]
     assert rows(tmp_path / "judge") == rows(tmp_path / "contains")

@@ -155,6 +155,8 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
             finally:
                 if judge is not None:
                     judge.close()
+            if judge is not None and log is not None:
+                log(f"judge: {judge.calls} answers judged ({judge.unclear} replies neither yes nor no, counted wrong); the rest exact or cached")
             engine = backend.engine_note
         wanted = {e.id: (example_hash(e), i) for i, e in plan.examples}
         rows = [r for r in store.rows(fingerprint, plan.protocol_hash) if wanted.get(r.example_id, (None,))[0] == r.example_hash]
