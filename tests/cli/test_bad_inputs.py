@@ -268,3 +268,23 @@ def test_allow_other_model_audit_uses_the_categories_with_a_note(capsys, fixture
                            "--annotations", fixtures / "audit", "--allow-other-model-audit", "--out", tmp_path / "eval")
     assert code == 0, err
     assert "used as --allow-other-model-audit asks" in " ".join(err.split()) and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_a_full_disk_exits_2_with_how_to_resume_and_the_rerun_completes(capsys, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes every write past 20 kB fail as a full disk would."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "audit"
+    args = ["annotate", "--model", "default", "--data", "embedded", "--limit", "12", "--chunk-size", "4", "--n-ex", "2", "--n-samples", "2",
+            "--device", "cpu", "--out", str(out)]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # noqa: E731
+    process = subprocess.run([sys.executable, "-c", "from knowtune.cli import main; main()", *args], preexec_fn=limit,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = " ".join(process.stderr.split())
+    assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr[-3000:]
+    assert "failed:" in text and "free disk space" in text and "rerun the same command to resume" in text
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["complete"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import sqlite3
 import sys
 import threading
 
@@ -71,6 +73,25 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+#: OS errors of the storage, not of knowtune: a full disk or quota, a file-size limit, a read-only file system.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _storage_error(error: BaseException) -> str | None:
+    """The message for a write that the storage refused (disk full, read-only), else None."""
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error)
+        if "disk is full" not in text and "readonly database" not in text and "disk I/O error" not in text:
+            return None
+        where = "a results database"
+    elif error.errno in _STORAGE_ERRNOS:
+        text, where = error.strerror or str(error), error.filename or "a file"
+    else:
+        return None
+    return (f"writing {where} failed: {text}. Everything stored before is kept.\n"
+            "Fix: free disk space (or write to another --out), then rerun the same command to resume.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app (click reports usage errors with exit 2); a
     :class:`KnowtuneError` becomes a message on stderr and exit status 2, no traceback.
@@ -84,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="knowtune")
     except KnowtuneError as error:
         err_console.print(f"[bold red]error:[/] {error.render()}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except (OSError, sqlite3.OperationalError) as error:
+        message = _storage_error(error)
+        if message is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except Interrupted as stop:
         words = (argv if argv is not None else sys.argv[1:])[:1]
