@@ -186,6 +186,8 @@ def test_judge_needs_a_server_and_is_not_a_pure_function():
         correct_many([("q", ["a"], "b")], judged)
     with pytest.raises(ValueError, match="answer"):
         MatchConfig(method="judge", judge={"base_url": ["http://h/v1"], "model": "m", "prompt": "{question} {gold}"})
+    with pytest.raises(ValueError, match="malformed"):
+        MatchConfig(method="judge", judge={"base_url": ["http://h/v1"], "model": "m", "prompt": "{question} {gold} {answer} {x}"})
 
 
 def test_the_default_record_is_version_1s_and_new_keys_appear_only_when_set():

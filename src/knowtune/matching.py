@@ -67,7 +67,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 MatchMethod = Literal["exact", "contains", "f1", "judge"]
-MATCH_METHODS: tuple[str, ...] = ("exact", "contains", "f1", "judge")
 DEFAULT_JUDGE_PROMPT = (
     "You grade answers to a closed-book quiz. The proposed answer is correct if it names the same thing as the gold answer "
     "(an alias, abbreviation, translation or fuller form counts); it is wrong if it names something else, is less specific, "
@@ -86,6 +85,10 @@ def _judge_prompt(value: str) -> str:
     for slot in ("{question}", "{gold}", "{answer}"):
         if slot not in value:
             raise ValueError(f"the judge prompt must contain {slot} (slots: {{question}}, {{gold}}, {{answer}})")
+    try:
+        value.format(question="q", gold="g", answer="a")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"the judge prompt has an unknown or malformed field ({error}); write literal braces as {{{{ }}}}") from None
     return value
 
 
