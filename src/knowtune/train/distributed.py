@@ -1,16 +1,18 @@
 """Training with several processes (``accelerate launch`` or ``torchrun``): who does what.
 
 transformers' ``Trainer`` runs data-parallel training by itself when the launcher sets
-``WORLD_SIZE`` (DDP; FSDP or DeepSpeed from an accelerate config): every rank holds the
-model, trains on its share of each global batch, and the gradients are averaged. What
-knowtune adds around it is decided here:
+``WORLD_SIZE`` (DDP, or DeepSpeed ZeRO-1/2 from an accelerate config): every rank holds the
+whole model, trains on its share of each global batch, and the gradients are averaged.
+What knowtune adds around it is decided here:
 
 - the output directory is locked, and its files (``config.yaml``, ``run.json``, the
   format-stage teacher, the teacher cache, ``metrics.jsonl``, ``best/``, ``model/``,
   ``provenance.json``) are written, by the main process only; the other ranks wait at a
   barrier and read what it wrote;
 - the per-epoch evaluation runs once, on the main process, and its early-stopping decision
-  is broadcast (:class:`SyncStop`) so that every rank stops at the same epoch.
+  is broadcast (:class:`SyncStop`) so that every rank stops at the same epoch; settings
+  that shard the weights themselves (FSDP, ZeRO-3) are refused on GPUs, since a sharded
+  forward pass needs every rank.
 
 With one process (no launcher) every function here is a no-op and nothing is initialised.
 """
