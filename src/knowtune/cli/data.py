@@ -34,15 +34,22 @@ def check(
     relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
     split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Also check that every question and answer fits this model's context (a directory, a cached hub id, or default)."),
 ) -> None:
     """Validate a dataset and print its examples per relation and split; write nothing.
 
-    Bad input stops with the file, the line and the fix (exit status 2).
+    Bad input stops with the file, the line and the fix (exit status 2); with --model, so does an
+    example too long for the model's context.
     """
     from knowtune.data.formats import DataFields
 
     fields = DataFields(question=question_field, answer=answer_field, relation=relation_field, split=split_field, id=id_field)
     examples = load_examples(path, fields=fields)
+    if model is not None:
+        from knowtune.validate import check_lengths, check_model
+
+        directory, tokenizer = check_model(model)
+        check_lengths(examples, tokenizer, directory, answers=True, data=str(path))
     relation_templates = _templates(path, templates) if drop_test_overlap else None
     kept, report = apply_filters(examples, multi_answer=drop_multi_answer, test_overlap=drop_test_overlap, templates=relation_templates)
     if split is not None:
