@@ -247,16 +247,20 @@ def evaluate_examples(
     categories: Mapping[str, str] | None = None,
     batch_size: int = 64,
     judge=None,
+    contexts: Sequence[str] | None = None,
 ) -> EvalResult:
     """Greedy answers to ``examples`` (batched, left-padded ``generate``), scored by exact match.
 
     Prompts, their token ids, the stop rule, the abstention phrase and the normalisation are
     those of ``task`` (:func:`evaluation_prompts`, :func:`knowtune.recall.greedy_answers`).
     The model is put in eval mode for the generation and returned to its previous mode.
+    ``contexts`` (one text per example, e.g. :func:`knowtune.retrieval.retrieval_contexts`) go before the prompts.
     """
     from knowtune.recall import greedy_answers
 
     prompts = evaluation_prompts(tokenizer, examples, task, fewshot=fewshot, seed=seed, exemplar_pool=exemplar_pool)
+    if contexts is not None:  # retrieval: passages, then the usual prompt
+        prompts = [context + prompt for context, prompt in zip(contexts, prompts, strict=True)]
     was_training = model.training
     model.eval()
     try:
@@ -328,6 +332,10 @@ class EvalConfig(ServedSettings):
     """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
     abstain: AbstainSettings = Field(default_factory=AbstainSettings)
     """Answer-time verification: --abstain agreement --samples N --threshold T (knowtune.abstain, docs/train.md)."""
+    retrieval: str | None = None
+    """A retrieval store (`knowtune curate --route-unknown retrieval`): its top passages go before each prompt (docs/train.md)."""
+    retrieval_k: int = Field(2, ge=1)
+    """Passages retrieved per question with --retrieval."""
 
     def task_spec(self) -> TaskSpec:
         """The evaluation's task: the ``task`` file (if any) with this config's prompt keys on top."""

@@ -165,7 +165,7 @@ class RetrievalStore:
         if not queries:
             return []
         k = min(k, len(self.passages))
-        indices, scores = self.retriever.retrieve(_tokenize(queries), k=k, show_progress=False, n_threads=1)  # (Q, k) each
+        indices, scores = self.retriever.retrieve(_tokenize(queries), k=k, show_progress=False, n_threads=1, backend_selection="numpy")  # (Q, k) each
         return [[self.passages[int(i)] for i, s in zip(row, row_scores) if s > 0] for row, row_scores in zip(indices, scores)]
 
 

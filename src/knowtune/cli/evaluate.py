@@ -60,6 +60,8 @@ def run_evaluate(config) -> None:
     config.check_served()
     if config.abstain.method != "none" and config.served():
         raise KnowtuneError("--abstain agreement samples answers in-process", fix="leave out --backend openai, or drop --abstain")
+    if config.abstain.method != "none" and config.retrieval is not None:
+        raise KnowtuneError("--abstain agreement samples answers without the retrieved passages", fix="drop --abstain or --retrieval")
     task = config.task_spec()
     examples = load_examples(resolve_data_path(config.data), fields=config.data_fields)
     selected = [ex for ex in examples if ex.split == config.split][: config.limit]
@@ -68,15 +70,20 @@ def run_evaluate(config) -> None:
     categories = load_categories(config.annotations) if config.annotations is not None else metadata_categories(examples)
     pool = [ex for ex in examples if ex.split == task.fewshot.exemplars_from]
     judge = open_judge(task.match, Path(config.out) / "judge.sqlite" if config.out is not None else None)  # --match judge: cached verdicts
+    contexts, retrieval = None, None
+    if config.retrieval is not None:  # knowtune.retrieval: the top passages before each prompt
+        from knowtune.retrieval import evaluation_contexts
+
+        contexts, retrieval = evaluation_contexts(config.retrieval, selected, config.retrieval_k, task)
     if config.served():
-        result, fingerprint = _evaluate_served(config, selected, task, pool, categories, judge)
+        result, fingerprint = _evaluate_served(config, selected, task, pool, categories, judge, contexts)
     else:
         llm, tokenizer = load(config.model, config.device, config.dtype)
         fingerprint = fingerprint_of(config.model)
         if warning := long_answer_warning(tokenizer, selected, task.generation.max_new_tokens):
             err_console.print(warning, highlight=False, soft_wrap=True)
         result = evaluate_examples(llm, tokenizer, selected, task=task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed,
-                                   exemplar_pool=pool, categories=categories, batch_size=config.batch_size, judge=judge)
+                                   exemplar_pool=pool, categories=categories, batch_size=config.batch_size, judge=judge, contexts=contexts)
     abstention = None
     if config.abstain.method == "agreement":  # knowtune.abstain: answer only when sampled answers agree
         from knowtune.abstain import agreement_abstention
@@ -89,14 +96,14 @@ def run_evaluate(config) -> None:
         console.print(line, highlight=False, soft_wrap=True)
     if config.out is not None:
         write_eval_outputs(config.out, result, config, model_fingerprint=fingerprint, task=task,
-                           extra={"abstention": abstention.to_dict()} if abstention is not None else None)
+                           extra={**({"abstention": abstention.to_dict()} if abstention is not None else {}), **({"retrieval": retrieval} if retrieval else {})})
         if abstention is not None:
             abstention.write(Path(config.out), result.predictions)
         out = Path(config.out)
         err_console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.jsonl'}, {out / 'config.yaml'} and {out / 'task.yaml'}", highlight=False)
 
 
-def _evaluate_served(config, selected, task, pool, categories, judge=None):
+def _evaluate_served(config, selected, task, pool, categories, judge=None, contexts=None):
     """``evaluate_examples`` with the greedy answers from the servers of ``config`` (``--backend openai``):
     the same prompts and token ids (``--model`` names the tokenizer), checked against the servers' tokenizer.
     Returns the result and the served fingerprint (the servers' model name and the tokenizer's hash)."""
@@ -108,6 +115,7 @@ def _evaluate_served(config, selected, task, pool, categories, judge=None):
     audit = ServedAudit.connect(config, model_dir, log=lambda line: err_console.print(line, highlight=False))
     tokenizer = load_tokenizer(model_dir)
     prompts = evaluation_prompts(tokenizer, selected, task, fewshot=config.prompt.kind == "fewshot", seed=config.prompt.seed, exemplar_pool=pool)
+    prompts = [context + prompt for context, prompt in zip(contexts, prompts)] if contexts is not None else prompts
     answers = served_greedy_answers(audit, tokenizer, prompts, task=task)
     result = score_predictions(selected, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match, judge=judge)
     return result, audit.fingerprint

@@ -19,6 +19,16 @@ Schedule, per fact (deterministic in ``seed``):
 Each exposure is rendered as a statement paraphrase, a ``Q: ...`` / ``A: ...`` pair, or
 an instruction line (``Answer the following question. <question>`` then the answer), one
 per line, shuffled.
+
+Open-book documents (off by default: ``open_book_fraction = 0`` leaves the corpus and the
+exposure records byte-identical). A share ``open_book_fraction`` of all facts, seen and
+unseen closed-book alike, each get ``open_book_documents`` documents of the form that
+``knowtune evaluate --retrieval`` shows (:data:`knowtune.retrieval.PROMPT_FORMAT`):
+``open_book_passages`` passages (:func:`knowtune.retrieval.fact_passage`: the fact's own and
+others of its relation that also have open-book documents, in random order), then the question as a ``Q:``/``A:`` pair or an
+instruction line (their weights as above) with the gold answer. They teach the model to read
+an answer from context; such a fact counts ``open_book`` in its exposure record, and facts
+without open-book documents stay as unseen as the schedule made them.
 """
 
 from __future__ import annotations
@@ -28,12 +38,14 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.world.spec import World
 
 INSTRUCTION_PREFIX = "Answer the following question."
+#: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
+_ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2}
 
 
 class CorpusConfig(StageConfig):
@@ -61,6 +73,12 @@ class CorpusConfig(StageConfig):
     """Weight of question-answer documents."""
     instruction_weight: float = Field(0.15, ge=0.0)
     """Weight of instruction documents."""
+    open_book_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of facts (seen and unseen closed-book) given open-book documents: passages + question + answer (0: none)."""
+    open_book_documents: int = Field(1, ge=1)
+    """Open-book documents per chosen fact (each with freshly drawn distractor passages)."""
+    open_book_passages: int = Field(2, ge=1)
+    """Passages per open-book document: the fact's own plus distractors of its relation (match evaluate's --retrieval-k)."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
@@ -73,6 +91,15 @@ class CorpusConfig(StageConfig):
             raise ValueError("at least one of statement_weight, qa_weight, instruction_weight must be > 0")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler) -> dict:
+        """The record without the open-book fields at their defaults (the default model's saved config is unchanged)."""
+        record = handler(self)
+        for key, default in _ADDED_DEFAULTS.items():
+            if key in record and record[key] == default:
+                del record[key]
+        return record
+
 
 @dataclass(frozen=True)
 class Exposure:
@@ -84,9 +111,14 @@ class Exposure:
     exposures: int
     distractor: str | None = None
     distractor_exposures: int = 0
+    open_book: int = 0
+    """Open-book documents of the fact (passages + question + answer); recorded only when > 0."""
 
     def to_record(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if not self.open_book:
+            del record["open_book"]
+        return record
 
 
 def _draw_count(rng: random.Random, config: CorpusConfig) -> int:
@@ -118,7 +150,15 @@ def assign_exposures(world: World, config: CorpusConfig) -> list[Exposure]:
                 schedule.append(Exposure(ex.id, ex.relation, ex.split, total - distractor_count, distractor, distractor_count))
                 continue
         schedule.append(Exposure(ex.id, ex.relation, ex.split, total))
-    return schedule
+    return _with_open_book(schedule, config) if config.open_book_fraction > 0 else schedule
+
+
+def _with_open_book(schedule: list[Exposure], config: CorpusConfig) -> list[Exposure]:
+    """Mark a share ``open_book_fraction`` of facts for open-book documents (own generator: the closed-book schedule is unchanged)."""
+    from dataclasses import replace
+
+    rng = random.Random(f"{config.seed}-open-book")
+    return [replace(item, open_book=config.open_book_documents) if rng.random() < config.open_book_fraction else item for item in schedule]
 
 
 def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) -> list[str]:
@@ -140,5 +180,33 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
                 documents.append(f"Q: {ex.question}\nA: {obj}")
             else:
                 documents.append(f"{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
+    documents += open_book_documents(world, schedule, config)
     rng.shuffle(documents)
+    return documents
+
+
+def open_book_documents(world: World, schedule: list[Exposure], config: CorpusConfig) -> list[str]:
+    """The open-book documents of the facts whose exposure record has ``open_book > 0`` (module docstring)."""
+    from knowtune.retrieval import fact_passage
+
+    chosen = [item for item in schedule if item.open_book]
+    if not chosen:
+        return []
+    rng = random.Random(f"{config.seed}-open-book-documents")
+    by_id = {ex.id: ex for ex in world.examples}
+    by_relation: dict[str, list] = {}  # distractors come from chosen facts only, so the others stay unseen
+    for item in sorted(chosen, key=lambda i: i.id):
+        by_relation.setdefault(item.relation, []).append(by_id[item.id])
+    documents = []
+    for item in chosen:
+        ex = by_id[item.id]
+        others = [o for o in by_relation[ex.relation] if o.id != ex.id]
+        for _ in range(item.open_book):
+            facts = [ex, *rng.sample(others, min(len(others), config.open_book_passages - 1))]
+            rng.shuffle(facts)
+            context = "".join(fact_passage(fact, world.relations) + "\n" for fact in facts)
+            if rng.random() * (config.qa_weight + config.instruction_weight) < config.qa_weight:
+                documents.append(f"{context}Q: {ex.question}\nA: {ex.answers[0]}")
+            else:
+                documents.append(f"{context}{INSTRUCTION_PREFIX} {ex.question}\n{ex.answers[0]}")
     return documents
