@@ -185,7 +185,8 @@ def reaudit(train_out: str | Path, annotations: str | Path, trained_ids: set[str
         differences = protocol_differences(before_protocol["protocol"], after_protocol["protocol"])
         if differences:
             raise KnowtuneError(f"{audit_dir}: the re-audit's protocol differs from {annotations}'s in {', '.join(differences[:6])}",
-                                fix="rerun the base audit with this knowtune version, then train --reaudit again")
+                                fix="audit the base model in this process (not --backend openai) with this knowtune version, then reaudit again; "
+                                    "or audit the fine-tuned model yourself and compare with `knowtune diff`")
         shift = knowledge_shift(before, after, trained_ids)
         shift["before"] = {"dir": str(annotations), "model_fingerprint": before_protocol.get("model_fingerprint"), "protocol_hash": before_protocol.get("protocol_hash")}
         shift["after"] = {"dir": str(audit_dir), "model_fingerprint": after_protocol.get("model_fingerprint"), "protocol_hash": after_protocol.get("protocol_hash"),
