@@ -97,3 +97,16 @@ def test_cli_prints_and_writes_the_abstention_block(capsys, tmp_path):
     assert len(rows) == 12 and all(len(r["samples"]) == 4 and r["answered"] == (r["agreement"] >= 2) for r in rows)
     code, _, err = run_cli(capsys, "evaluate", "--data", "embedded", "--abstain", "agreement", "--samples", "3", "--threshold", "4")
     assert code == 2 and "threshold" in err
+
+
+def test_verification_finding_reads_the_curve_at_the_idk_models_answer_rate():
+    from knowtune.study.methods import accuracy_at_rate, verification_raises_answered_accuracy
+
+    points = [p.to_dict() for p in (CurvePoint(0, 10, 10, 4), CurvePoint(1, 10, 6, 3), CurvePoint(2, 10, 2, 2), CurvePoint(3, 10, 0, 0))]
+    assert accuracy_at_rate(points, 0.8) == pytest.approx(0.45)  # halfway between (0.6, 0.5) and (1.0, 0.4)
+    assert accuracy_at_rate(points, 0.1) == 1.0 and accuracy_at_rate(points, 1.0) == 0.4
+    baselines = {"verification": {"curve": points, "samples": 3, "area": 0.6}, "idk": {"answer_rate": 0.8, "accuracy_answered": 0.4}}
+    found = verification_raises_answered_accuracy(baselines)
+    assert found["holds"] is True and found["value"] == pytest.approx(5.0)
+    baselines["idk"]["accuracy_answered"] = 0.5
+    assert verification_raises_answered_accuracy(baselines)["holds"] is False

@@ -138,3 +138,16 @@ def test_cli_writes_the_outputs_and_refuses_bad_input(capsys, tmp_path):
     code, _, err = run_cli(capsys, "annotate", "--method", "ptrue", "--data", "embedded", "--out", tmp_path / "y",
                            "--ptrue-template", "Is {answer} right?")
     assert code == 2 and "ptrue.template" in err
+
+
+def test_slick_unknown_below_ptrue_finding_on_hand_made_results():
+    from knowtune.study.methods import slick_unknown_below_ptrue
+
+    baselines = {"questions": 6, "categories": {"a": "Unknown", "b": "Unknown", "c": "HighlyKnown", "d": "HighlyKnown", "e": "Unknown",
+                                                "f": "MaybeKnown"},
+                 "sft_correct": {"a": False, "b": False, "c": True, "d": True, "e": True, "f": False},
+                 "p_true": {"a": 0.9, "b": 0.5, "c": 0.1, "d": 0.2, "e": 0.8, "f": 0.3}}
+    found = slick_unknown_below_ptrue(baselines)  # Unknown a, b, e: 1/3 correct; lowest P(True) c, d, f: 2/3
+    assert found["holds"] is True and found["value"] == pytest.approx(100 / 3)
+    baselines["sft_correct"].update(c=False, d=False)
+    assert slick_unknown_below_ptrue(baselines)["holds"] is False

@@ -186,7 +186,7 @@ def test_the_demo_config_trains_what_every_finding_needs():
 def methods_study(tmp_path_factory, knowing_model, study_world):
     """The miniature study with a compare_methods section (every method) and drift, run once."""
     root = tmp_path_factory.mktemp("methods")
-    config = study_yaml(root, knowing_model, study_world, train_variants=["D_50"], compare_methods={"mixture": 50},
+    config = study_yaml(root, knowing_model, study_world, train_variants=["D_50"], compare_methods={"mixture": 50, "baselines": True, "baseline_questions": 24},
                         curate__variants=["ratio", "known", "idk"], train__drift={}, key_overlap=mini_key_overlap([10]))
     code, out, err = run("study", "--config", config, "--out", root / "study", "--report")
     assert code == 0, err
@@ -195,7 +195,7 @@ def methods_study(tmp_path_factory, knowing_model, study_world):
 
 def test_compare_methods_trains_each_method_once_and_reports_them(methods_study):
     out_dir, _, stdout = methods_study
-    assert "stages: annotate ran, curate ran, train ran, compare ran, keys ran, analyse ran" in " ".join(stdout.split())
+    assert "stages: annotate ran, curate ran, train ran, compare ran, baselines ran, keys ran, analyse ran" in " ".join(stdout.split())
     state = json.loads((out_dir / "study.json").read_text())
     assert state["methods"]["sft"]["dir"] == state["runs"]["D_50"]["dir"]  # same data and settings: reused, not retrained
     for method in ("filtered", "idk", "selfdistill", "attention_only", "lora"):
@@ -208,7 +208,11 @@ def test_compare_methods_trains_each_method_once_and_reports_them(methods_study)
     assert table["filtered"]["new_facts"] is None and table["sft"]["new_facts"] is not None
     assert all(row["drift"] is not None and row["drift"] >= 0 for row in table.values())
     names = [f["name"] for f in analysis["findings"]]
-    assert names[-3:] == ["selfdistill_reduces_forgetting", "attention_only_preserves", "namelike_keys_forget_more"]
+    assert names[-5:] == ["selfdistill_reduces_forgetting", "attention_only_preserves", "slick_unknown_below_ptrue",
+                          "verification_raises_answered_accuracy", "namelike_keys_forget_more"]
+    baselines = json.loads((out_dir / "baselines.json").read_text())  # P(True) and verification on (at most 24) test questions
+    assert 0 < baselines["questions"] == len(baselines["p_true"]) == len(baselines["sft_correct"]) <= 24
+    assert len(analysis["baselines"]["verification"]["curve"]) == 11 and 0 <= analysis["baselines"]["idk"]["answer_rate"] <= 1
     assert [(r["key_type"], r["entities"]) for r in analysis["key_overlap"]["rows"]] == [("name", 10), ("random", 10)]
     results = json.loads((out_dir / "report" / "results.json").read_text())
     assert {"method_dynamics.png", "forgetting_against_learning.png", "key_overlap.png"} <= set(results["figures"])

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.study.analysis import pct, select_epochs
@@ -64,6 +64,10 @@ class CompareMethodsConfig(StageConfig):
     """Learning rate of the lora method (unset: the train: one)."""
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per method, train: keys changed for it, e.g. {selfdistill: {selfdistill: {lambda_kl: 2}}}."""
+    baselines: bool = False
+    """Also compare SliCK with P(True), and "I don't know" fine-tuning with answer-time verification (needs sft and idk)."""
+    baseline_questions: int = Field(300, ge=1)
+    """Test questions (a seeded sample) the baselines are measured on."""
 
     @field_validator("methods")
     @classmethod
@@ -73,6 +77,12 @@ class CompareMethodsConfig(StageConfig):
         if len(set(value)) != len(value):
             raise ValueError("a method is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _baselines_need_sft_and_idk(self) -> "CompareMethodsConfig":
+        if self.baselines and not {"sft", "idk"} <= set(self.methods):
+            raise ValueError("baselines compares with the sft and idk runs: add sft and idk to methods, or set baselines: false")
+        return self
 
     @field_validator("overrides")
     @classmethod
@@ -260,3 +270,94 @@ def attention_only_preserves(comparison: Mapping[str, Any], share: float = 0.5) 
 
 def method_findings(comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [selfdistill_reduces_forgetting(comparison), attention_only_preserves(comparison)]
+
+
+# -- baselines (issue 12): P(True) against SliCK, answer-time verification against "I don't know" --------------
+
+BASELINES_FILE = "baselines.json"
+
+
+def measure_baselines(study_out, base_model: str, test: Sequence, pool: Sequence, categories: Mapping[str, str], *, audit_task,
+                      train_task, seed: int, questions: int, sft_dir: str, idk_dir: str, device: str = "auto") -> dict[str, Any]:
+    """On a seeded sample of ``questions`` categorised test questions: the base model's P(True) of its own
+    answers (:func:`knowtune.ptrue.score_ptrue`, the audit's prompts), the sft run's final model's
+    correctness and its sampled-answer agreement (:func:`knowtune.abstain.agreement_abstention`, 10
+    samples), and the idk run's final model's answer rate and answered accuracy; written to ``baselines.json``."""
+    import random
+    from pathlib import Path
+
+    from knowtune.abstain import AbstainSettings, agreement_abstention
+    from knowtune.evaluate import evaluate_examples
+    from knowtune.io import atomic_write_json
+    from knowtune.models import load
+    from knowtune.ptrue import score_ptrue
+
+    chosen = sorted((e for e in test if e.id in categories), key=lambda e: e.id)
+    chosen = sorted(random.Random(seed).sample(chosen, min(questions, len(chosen))), key=lambda e: e.id)
+    model, tokenizer = load(base_model, device)
+    p_true = {r.id: r.p_true for r in score_ptrue(model, tokenizer, chosen, pool, task=audit_task, seed=seed)}
+    out = Path(study_out)
+    model, tokenizer = load(out / sft_dir / "model", device)
+    sft = evaluate_examples(model, tokenizer, chosen, task=train_task)
+    abstention = agreement_abstention(model, tokenizer, chosen, sft, AbstainSettings(method="agreement", samples=10), task=train_task)
+    model, tokenizer = load(out / idk_dir / "model", device)
+    idk = evaluate_examples(model, tokenizer, chosen, task=train_task).overall
+    record = {"questions": len(chosen), "p_true": p_true, "categories": {e.id: categories[e.id] for e in chosen},
+              "sft_correct": {p.id: p.correct for p in sft.predictions}, "verification": abstention.to_dict(),
+              "idk": {"answer_rate": idk.answer_rate, "accuracy_answered": idk.accuracy_answered}}
+    atomic_write_json(out / BASELINES_FILE, record)
+    return record
+
+
+def slick_unknown_below_ptrue(baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """After fine-tuning (sft, CONVERGENCE), test accuracy on SliCK's Unknown questions is below that on as
+    many lowest-P(True) questions (Gekhman et al. 2024, section 6: SliCK finds the facts fine-tuning cannot
+    make the model answer better than P(True) does). value = accuracy(lowest P(True)) - accuracy(Unknown), points."""
+    from knowtune.study.findings import finding
+
+    correct, p_true, categories = baselines["sft_correct"], baselines["p_true"], baselines["categories"]
+    unknown = [i for i in correct if categories[i] == "Unknown"]
+    if not unknown:
+        return finding("slick_unknown_below_ptrue", None, None, "not tested: no Unknown test question in the sample")
+    lowest = sorted(correct, key=lambda i: (p_true[i], i))[:len(unknown)]
+    acc_unknown = 100.0 * sum(correct[i] for i in unknown) / len(unknown)
+    acc_lowest = 100.0 * sum(correct[i] for i in lowest) / len(lowest)
+    shared = len(set(unknown) & set(lowest))
+    detail = (f"fine-tuned (sft, CONVERGENCE) test accuracy on the {len(unknown)} SliCK Unknown questions {acc_unknown:.1f}%, on the "
+              f"{len(lowest)} lowest-P(True) questions {acc_lowest:.1f}% ({shared} questions in both; {baselines['questions']} sampled)")
+    return finding("slick_unknown_below_ptrue", acc_unknown < acc_lowest, acc_lowest - acc_unknown, detail)
+
+
+def accuracy_at_rate(curve: Sequence[Mapping[str, Any]], rate: float) -> float | None:
+    """Answered accuracy of the agreement rule at answer rate ``rate``: linear between the curve's points,
+    constant beyond its ends (as :func:`knowtune.abstain.curve_area` reads the curve)."""
+    pairs = sorted({(p["answer_rate"], p["accuracy_answered"]) for p in curve if p["answered"]})
+    if not pairs:
+        return None
+    if rate <= pairs[0][0]:
+        return pairs[0][1]
+    for (c0, a0), (c1, a1) in zip(pairs, pairs[1:]):
+        if rate <= c1:
+            return a0 + (a1 - a0) * (rate - c0) / (c1 - c0)
+    return pairs[-1][1]
+
+
+def verification_raises_answered_accuracy(baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer-time verification (agreement of sampled answers, on the sft model) answers more accurately than
+    "I don't know" fine-tuning (idk, CONVERGENCE) at the same answer rate. value = the difference in points."""
+    from knowtune.study.findings import finding
+
+    idk, curve = baselines["idk"], baselines["verification"]["curve"]
+    if idk["accuracy_answered"] is None:
+        return finding("verification_raises_answered_accuracy", None, None, "not tested: the idk model answered nothing")
+    verified = accuracy_at_rate(curve, idk["answer_rate"])
+    diff = 100.0 * (verified - idk["accuracy_answered"])
+    detail = (f"at the idk model's answer rate {100 * idk['answer_rate']:.1f}%: verification (sft model, agreement of "
+              f"{baselines['verification']['samples']} samples) answers {100 * verified:.1f}% correctly, \"I don't know\" "
+              f"fine-tuning {100 * idk['accuracy_answered']:.1f}%; full-coverage sft accuracy {100 * curve[0]['accuracy_answered']:.1f}%, "
+              f"area under the accuracy-coverage curve {baselines['verification']['area']:.3f}")
+    return finding("verification_raises_answered_accuracy", diff > 0, diff, detail)
+
+
+def baseline_findings(baselines: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [slick_unknown_below_ptrue(baselines), verification_raises_answered_accuracy(baselines)]

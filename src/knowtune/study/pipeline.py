@@ -276,6 +276,24 @@ class Study:
         done = shift_done(self.out, runs)
         return self._stage("shift", key, done, lambda: reaudit_runs(self.out, self.variant_index(), runs, self.config.study_seed, self.log))
 
+    def baselines(self) -> str:
+        """``compare_methods.baselines``: P(True) and answer-time verification on test questions
+        (:func:`knowtune.study.methods.measure_baselines`, after the compare stage)."""
+        from knowtune.data import load_examples
+        from knowtune.study.methods import BASELINES_FILE, measure_baselines
+        from knowtune.train.sft import training_task
+
+        compare = self.config.compare_methods
+        key = config_hash({"compare": self.state.stages["compare"].key, "annotate": self.state.stages["annotate"].key,
+                           "questions": compare.baseline_questions})
+        audit_task = self.config.annotate.task_spec()
+        pool = [e for e in load_examples(self.data_path) if e.split == audit_task.fewshot.exemplars_from]
+        work = lambda: {"questions": measure_baselines(  # noqa: E731
+            self.out, self.config.model, self.eval_splits().test, pool, self.categories(), audit_task=audit_task,
+            train_task=training_task(self.config.train), seed=self.config.study_seed, questions=compare.baseline_questions,
+            sft_dir=self.state.methods["sft"].dir, idk_dir=self.state.methods["idk"].dir)["questions"]}
+        return self._stage("baselines", key, (self.out / BASELINES_FILE).is_file(), work)
+
     def keys(self) -> str:
         """The key-overlap experiment of ``key_overlap:`` (Kaplan, Gekhman et al. 2026); it skips finished cells itself."""
         from knowtune.study.keys import SUMMARY_FILE, run_key_overlap
@@ -320,7 +338,8 @@ class Study:
         method_runs = self.method_runs()
         keys = self.key_overlap()
         key = config_hash({"variants": {run.name: run.metrics for run in runs}, "methods": {r.method: r.metrics for r in method_runs},
-                           "keys": keys and keys["rows"]})
+                           "keys": keys and keys["rows"],
+                           **({"baselines": self.state.stages["baselines"].key} if "baselines" in self.state.stages else {})})
         done = (self.out / ANALYSIS_FILE).is_file()
 
         def work() -> dict[str, Any]:
@@ -328,6 +347,12 @@ class Study:
             if method_runs:
                 analysis["methods"] = compare(method_runs, self.config.compare_methods.held_out)
                 analysis["findings"] += method_findings(analysis["methods"])
+            if self.config.compare_methods is not None and self.config.compare_methods.baselines:
+                from knowtune.study.methods import BASELINES_FILE, baseline_findings
+
+                baselines = json.loads((self.out / BASELINES_FILE).read_text(encoding="utf-8"))
+                analysis["baselines"] = {k: baselines[k] for k in ("questions", "verification", "idk")}
+                analysis["findings"] += baseline_findings(baselines)
             if keys is not None:
                 from knowtune.study.keys import namelike_keys_forget_more
 
@@ -405,6 +430,8 @@ def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
     stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train()}
     if config.compare_methods is not None:
         stages["compare"] = study.compare()
+        if config.compare_methods.baselines:
+            stages["baselines"] = study.baselines()
     if config.key_overlap is not None:
         stages["keys"] = study.keys()
     if config.reaudit:
