@@ -68,39 +68,60 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_annotate_cleanly_and_the_rerun_resumes(capsys, tmp_path, signum):
+_POOL = """
+import sys, time
+from knowtune.study.workers import process_pool
+with process_pool(2) as pool:
+    for _ in range(4):
+        pool.submit(time.sleep, 0.2).result()  # the workers have started and run their initializer
+    jobs = [pool.submit(time.sleep, 300) for _ in range(2)]
+    print("[pool] ready", file=sys.stderr, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_killed_parents_workers_die_with_it(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", _POOL], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _assert_workers_die(process, "[pool] ready", signal.SIGKILL)
+
+
+def test_sigterm_stops_annotate_cleanly_and_the_rerun_resumes(capsys, tmp_path):
     out = tmp_path / "audit"
-    args = ["annotate", "--model", "default", "--data", "embedded", "--limit", "48", "--chunk-size", "4", "--batch-size", "4",
+    args = ["annotate", "--model", "default", "--data", "embedded", "--limit", "24", "--chunk-size", "4", "--batch-size", "4",
             "--n-ex", "2", "--n-samples", "4", "--device", "cpu", "--out", out]
     process = _start(*args)
-    _wait_for_line(process, "annotate: 4/48 examples")
-    process.send_signal(signum)
+    _wait_for_line(process, "annotate: 4/24 examples")
+    process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     text = " ".join(err.split())
-    assert process.returncode == 128 + signum, err[-3000:]
-    assert f"stopped by {signal.Signals(signum).name}" in text and "To resume: rerun the same command." in text and "Traceback" not in err
+    assert process.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in text and "To resume: rerun the same command." in text and "Traceback" not in err
     assert not list(out.glob(".*.tmp")) and (out / "annotations.sqlite").is_file()
 
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["complete"] and summary["overall"]["examples"] == 48
-    assert 0 < summary["provenance"]["run"]["examples_this_run"] < 48  # the stored batches were kept
+    assert summary["complete"] and summary["overall"]["examples"] == 24
+    assert 0 < summary["provenance"]["run"]["examples_this_run"] < 24  # the stored batches were kept
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_study_workers_die_with_their_parent(tmp_path, signum):
-    out = tmp_path / "study"
-    process = _start("study", "--model", "default", "--data", "embedded", "--workers", "2", "--device", "cpu", "--out", out,
+def test_sigint_stops_a_study_and_its_workers(tmp_path):
+    process = _start("study", "--model", "default", "--data", "embedded", "--workers", "2", "--device", "cpu", "--out", tmp_path / "study",
                      "--annotate-n-ex", "2", "--annotate-n-samples", "2", "--annotate-chunk-size", "8")
+    err = _assert_workers_die(process, "[annotate 0/2]", signal.SIGINT)  # a worker has started auditing: its initializer ran
+    assert process.returncode == 130 and "stopped by SIGINT" in err and "To resume: rerun the same command." in err, err[-3000:]
+    assert "Traceback" not in err
+
+
+def _assert_workers_die(process: subprocess.Popen, ready: str, signum: int) -> str:
+    """Send ``signum`` to ``process`` once it printed ``ready``; assert its descendants are gone within 10 s; its stderr."""
     workers: set[int] = set()
     try:
-        _wait_for_line(process, "[annotate 0/2]")  # a worker has started auditing: its initializer ran
+        lines = _wait_for_line(process, ready)
         workers = _descendants(process.pid)
         assert len(workers) >= 2, workers
         process.send_signal(signum)
-        _, err = process.communicate(timeout=60)
+        _, rest = process.communicate(timeout=60)
         deadline = time.monotonic() + 10
         while _alive(workers) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -110,5 +131,4 @@ def test_study_workers_die_with_their_parent(tmp_path, signum):
             os.kill(pid, signal.SIGKILL)
         process.kill()
         process.wait()
-    if signum == signal.SIGTERM:
-        assert process.returncode == 143 and "To resume: rerun the same command." in " ".join(err.split()), err[-3000:]
+    return " ".join(("".join(lines) + rest).split())
