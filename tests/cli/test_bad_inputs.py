@@ -27,6 +27,8 @@ CASES = [
      ["no tokenizer files", "beside its tokenizer_config.json"]),
     ("annotate-only-config", "annotate --model {D}/only-config --data embedded --out {OUT}", ["has config.json but no weights"]),
     ("annotate-config-not-json", "annotate --model {D}/bad-config --data embedded --out {OUT}", ["bad-config/config.json is not valid JSON"]),
+    ("annotate-unknown-architecture", "annotate --model {D}/unknown-architecture --data embedded --out {OUT}",
+     ["transformers cannot read", "unknown-architecture/config.json", "upgrade transformers"]),
     ("annotate-tokenizer-not-json", "annotate --model {D}/bad-tokenizer --data embedded --out {OUT}", ["bad-tokenizer/tokenizer.json is truncated or not valid JSON"]),
     ("annotate-missing-shard", "annotate --model {D}/missing-shard --data embedded --out {OUT}", ["missing: model-00002-of-00002.safetensors"]),
     ("annotate-truncated-bin", "annotate --model {D}/truncated-bin --data embedded --out {OUT}", ["pytorch_model.bin is truncated or corrupt"]),
@@ -109,6 +111,7 @@ CASES = [
     # -- study ------------------------------------------------------------------------------------
     ("study-truncated-weights", "study --model {D}/truncated --out {OUT}", ["model.safetensors is truncated or corrupt"]),
     ("study-only-config", "study --model {D}/only-config --out {OUT}", ["no weights"]),
+    ("study-unknown-architecture", "study --model {D}/unknown-architecture --out {OUT}", ["transformers cannot read"]),
     ("study-unknown-variant", "study --train-variants D_0,D_7 --out {OUT}", ["train_variants names D_7", "D_Natural"]),
     ("study-variant-of-an-unbuilt-kind", "study --curate-variants ratio --train-variants D_Natural --out {OUT}", ["train_variants names D_Natural"]),
     ("study-workers-0", "study --workers 0 --out {OUT}", ["workers"]),
@@ -149,6 +152,7 @@ def _write_models(root: Path) -> None:
     (root / "only-config").mkdir()
     shutil.copy(DEFAULT / "config.json", root / "only-config")
     (_copy_model(root, "bad-config") / "config.json").write_text('{"model_type": "llama",')
+    (_copy_model(root, "unknown-architecture") / "config.json").write_text('{"model_type": "no-such-architecture"}')
     (_copy_model(root, "bad-tokenizer") / "tokenizer.json").write_text("garbage{")
     sharded = _copy_model(root, "missing-shard")
     (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")

@@ -111,8 +111,16 @@ def check_model(spec: str | Path) -> Path:
     """The local directory of ``spec`` once its files are complete: config, weights (not truncated)
     and tokenizer files; a :class:`KnowtuneError` naming the missing or broken file otherwise.
     Cheap (reads headers only): every command calls it before any heavy work."""
+    from transformers import AutoConfig
+
     directory = resolve_model_dir(spec)
     _check_files(directory, str(spec))
+    try:
+        AutoConfig.from_pretrained(directory)
+    except Exception as error:  # an unknown model_type (a newer architecture), a bad value: ValueError, KeyError ...
+        raise KnowtuneError(f"model {str(spec)!r} could not be loaded: transformers cannot read {directory / 'config.json'}: {type(error).__name__}: {error}",
+                            fix="upgrade transformers if the model is of a newer architecture, or restore config.json "
+                                "(copy or download the model again, or re-save it with model.save_pretrained(DIR))") from None
     return directory
 
 
