@@ -94,6 +94,8 @@ CASES = [
      ["--selfdistill-teacher", "model.safetensors is truncated"]),
     ("train-missing-annotations", "train --data embedded --annotations {D}/nowhere --out {OUT}", ["nowhere: no such annotations file"]),
     ("train-audit-of-another-model", "train --model {D}/other --data embedded --annotations {D}/audit --out {OUT}", ["audit of another model"]),
+    ("train-variant-curated-from-another-models-audit", "train --model {D}/other --data {D}/variants/D_Natural/train.jsonl --out {OUT}",
+     ["D_Natural/train.jsonl (a variant curated from an audit) is the audit of another model"]),
     ("train-unknown-config-key", "train --data embedded --config {D}/data/unknown-key.yaml --out {OUT}", ["nosuchkey"]),
     ("train-out-is-a-file", "train --data embedded --out {D}/a-file", ["a-file exists and is not a directory"]),
     ("train-out-under-a-file", "train --data embedded --out {D}/a-file/run", ["a-file is a file"]),
@@ -189,7 +191,10 @@ def _write_audit(root: Path) -> None:
     from knowtune.slick.annotate import run_annotate
     from knowtune.slick.protocol import AnnotateConfig
 
+    from knowtune.curate import CurateConfig, run_curate
+
     run_annotate(AnnotateConfig(model="default", data="embedded", limit=4, n_ex=1, n_samples=2, device="cpu", out=str(root / "audit")))
+    run_curate(CurateConfig(annotations=str(root / "audit"), variants=["natural"], size=2, out=str(root / "variants")))
 
 
 @pytest.fixture(scope="module")
