@@ -308,7 +308,7 @@ def check_variant_names(wanted: Sequence[str] | None, curate) -> None:
     built = curated_variant_names(curate)
     missing = [name for name in wanted or () if name not in built]
     if missing:
-        raise ConfigError(f"train_variants names {', '.join(missing)}, which curation does not build (it builds: {', '.join(built)})",
+        raise ConfigError(f"train_variants names {', '.join(missing)}, which the curate: section does not build (built: {', '.join(built)})",
                           fix="pick names from that list, or add the kinds or ratios that make them to the curate: section (curate.variants, curate.unknown_ratios)")
 
 
