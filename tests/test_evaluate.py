@@ -137,7 +137,8 @@ def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(cap
                 "request_timeout": 9.0, "max_retries": 2, "retry_backoff": 0.25, "samples_per_request": 4,
                 "stop": ["\n\n", "Q:"], "match": {"nfkc": True, "lowercase": True, "strip_punctuation": True, "strip_articles": False,
                                                    "collapse_whitespace": True, "version": 1, "method": "f1", "f1_threshold": 0.6},
-                "abstain": {"method": "none", "samples": 3, "threshold": 2, "temperature": 0.7, "top_k": 5, "seed": 1}}
+                "abstain": {"method": "none", "samples": 3, "threshold": 2, "temperature": 0.7, "top_k": 5, "seed": 1},
+                "retrieval": None, "retrieval_k": 3}
     assert set(settings) == set(EvalConfig.model_fields)  # the YAML below sets every key
     (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(settings))
     code, _, err = run_cli(capsys, "evaluate", "--config", tmp_path / "evaluate.yaml", "--shots", "3", "--dtype", "bfloat16")
