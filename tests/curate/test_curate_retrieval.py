@@ -71,3 +71,10 @@ def test_route_unknown_with_only_unknown_variants_exits_2(capsys, tmp_path):
                            "--route-unknown", "retrieval", "--variants", "ratio", "--unknown-ratios", "100")
     assert code == 2 and "no variant keeps a training example" in " ".join(err.split())
     assert not (tmp_path / "o" / "variants.json").exists()
+
+
+def test_default_route_is_left_out_of_saved_configs():
+    from knowtune.curate import CurateConfig
+
+    assert "route_unknown" not in CurateConfig().model_dump(mode="json")  # study stage keys of existing runs stay valid
+    assert CurateConfig(route_unknown="retrieval").model_dump(mode="json")["route_unknown"] == "retrieval"

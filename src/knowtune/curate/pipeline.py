@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from knowtune.config import StageConfig, save_config
 from knowtune.curate.annotated import AnnotatedExample, annotation_source, load_annotated
@@ -103,6 +103,14 @@ class CurateConfig(StageConfig):
         if not value.strip():
             raise ValueError("the phrase is blank")
         return value
+
+    @model_serializer(mode="wrap")
+    def _without_default_route(self, handler) -> dict[str, Any]:
+        """The record without ``route_unknown: train`` (added later), so saved configs and study stage keys stay as they were."""
+        record = handler(self)
+        if record.get("route_unknown") == "train":
+            del record["route_unknown"]
+        return record
 
 
 @dataclass
