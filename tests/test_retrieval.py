@@ -59,6 +59,10 @@ def test_bad_stores_and_settings_are_clear_errors(store, facts, tmp_path):
     (tmp_path / "s" / "store.json").write_text(json.dumps({**store.record, "version": 99}))
     with pytest.raises(DataError, match="version 99"):
         RetrievalStore.load(tmp_path / "s")
+    store.save(tmp_path / "partial")
+    (tmp_path / "partial" / "passages.jsonl").unlink()
+    with pytest.raises(DataError, match="incomplete retrieval store: passages.jsonl missing"):
+        RetrievalStore.load(tmp_path / "partial")
     with pytest.raises(ConfigError, match="k must be at least 1"):
         store.search(["x"], 0)
     with pytest.raises(KnowtuneError, match="at least one fact"):

@@ -127,7 +127,7 @@ class RetrievalStore:
         from knowtune.io import atomic_write_json, atomic_write_jsonl
 
         directory = Path(directory)
-        self.retriever.save(str(directory / INDEX_DIR), show_progress=False)
+        self.retriever.save(str(directory / INDEX_DIR))
         atomic_write_jsonl(directory / PASSAGES_FILE, [{**asdict(p), "answers": list(p.answers)} for p in self.passages])
         if self.examples:
             atomic_write_jsonl(directory / EXAMPLES_FILE, [ex.to_record() for ex in self.examples])
@@ -150,9 +150,12 @@ class RetrievalStore:
         if record.get("format") != STORE_FORMAT or record.get("version") != STORE_VERSION:
             raise DataError(meta_path, f"format {record.get('format')!r} version {record.get('version')!r}, expected {STORE_FORMAT!r} version {STORE_VERSION}",
                             fix="rebuild the store with this knowtune (`knowtune curate --route-unknown retrieval`)")
+        missing = [name for name in (PASSAGES_FILE, INDEX_DIR) if not (directory / name).exists()]
+        if missing:
+            raise DataError(directory, f"an incomplete retrieval store: {', '.join(missing)} missing", fix=_LOAD_FIX)
         passages = [Passage(r["id"], r["relation"], r["question"], tuple(r["answers"]), r["text"])
                     for r in map(json.loads, (directory / PASSAGES_FILE).read_text(encoding="utf-8").splitlines())]
-        retriever = bm25s.BM25.load(str(directory / INDEX_DIR), show_progress=False)
+        retriever = bm25s.BM25.load(str(directory / INDEX_DIR))
         if len(passages) != record.get("passages"):
             raise DataError(directory / PASSAGES_FILE, f"{len(passages)} passages, but {STORE_FILE} says {record.get('passages')}", fix=_LOAD_FIX)
         return cls(passages, retriever, record)
