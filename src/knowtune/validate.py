@@ -208,36 +208,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 # -- per command ------------------------------------------------------------------------------
 def preflight_annotate(config) -> None:
     """``knowtune annotate``: out, values, model (only its tokenizer when served) and the length of every example."""
-    from knowtune.models import load_tokenizer, resolve_model_dir
-
     if not config.out:
         raise KnowtuneError("no output directory given", fix="pass --out DIR")
     check_out(config.out)
-    config.check_served()
     resolved = config.resolved()
     if getattr(config, "method", "slick") == "slick":
         check_annotate_values(resolved)
-    if config.served():
-        directory = resolve_model_dir(config.model)
-        tokenizer = load_tokenizer(directory, config.model)
-    else:
-        directory, tokenizer = check_model(config.model)
+    directory, tokenizer = _model_or_tokenizer(config)
     if config.data:
         check_lengths(_examples(config.data, config.data_fields), tokenizer, directory, reserve=resolved.max_new_tokens, data=f"--data {config.data}")
 
 
 def preflight_evaluate(config, *, allow_other_audit: bool = False, log: Callable[[str], None] | None = None) -> None:
     """``knowtune evaluate``: out, values, model (only its tokenizer when served), example lengths and the audit's model."""
-    from knowtune.models import load_tokenizer, resolve_model_dir
-
     check_out(config.out)
     check_eval_values(config)
-    config.check_served()
-    if config.served():
-        directory = resolve_model_dir(config.model)
-        tokenizer = load_tokenizer(directory, config.model)
-    else:
-        directory, tokenizer = check_model(config.model)
+    directory, tokenizer = _model_or_tokenizer(config)
     if not config.data:
         return
     reserve = config.task_spec().flat()["max_new_tokens"]
@@ -310,6 +296,18 @@ def check_variant_names(wanted: Sequence[str] | None, curate) -> None:
     if missing:
         raise ConfigError(f"train_variants names {', '.join(missing)}, which the curate: section does not build (built: {', '.join(built)})",
                           fix="pick names from that list, or add the kinds or ratios that make them to the curate: section (curate.variants, curate.unknown_ratios)")
+
+
+def _model_or_tokenizer(config):
+    """``(directory, tokenizer)`` of ``config.model``: a complete model, or only its tokenizer when servers
+    generate (``--backend openai``: ``--model`` then names the tokenizer)."""
+    from knowtune.models import load_tokenizer, resolve_model_dir
+
+    config.check_served()
+    if not config.served():
+        return check_model(config.model)
+    directory = resolve_model_dir(config.model)
+    return directory, load_tokenizer(directory, str(config.model))
 
 
 def _examples(spec: str, fields=None) -> list:
