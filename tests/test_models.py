@@ -134,3 +134,15 @@ def test_context_length_reads_the_config_key_that_bounds_positions(tmp_path):
     assert context_length(default_model_dir()) == (512, "max_position_embeddings")
     assert context_length(tiny_family_model("gpt2", tmp_path / "gpt2")) == (512, "n_positions")
     assert context_length(tiny_family_model("bloom", tmp_path / "bloom")) == (None, None)  # ALiBi: no position table
+
+
+def test_a_fingerprint_follows_a_weight_file_changed_in_place(tmp_path):
+    model = _copy_default(tmp_path, "changing")
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before == fingerprint_of("default")
+    with open(model / "model.safetensors", "r+b") as handle:  # same file, same size, one byte of a tensor changed
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    assert model_fingerprint(model) != before
