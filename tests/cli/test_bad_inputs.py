@@ -29,6 +29,9 @@ CASES = [
     ("annotate-config-not-json", "annotate --model {D}/bad-config --data embedded --out {OUT}", ["bad-config/config.json is not valid JSON"]),
     ("annotate-unknown-architecture", "annotate --model {D}/unknown-architecture --data embedded --out {OUT}",
      ["transformers cannot read", "unknown-architecture/config.json", "upgrade transformers"]),
+    ("annotate-weights-of-another-config", "annotate --model {D}/other-shapes --data embedded --out {OUT}",
+     ["other-shapes/model.safetensors holds model.layers.0.mlp.down_proj.weight of shape (128, 512)", "config.json makes it (128, 256)"]),
+    ("train-weights-of-another-config", "train --model {D}/other-shapes --data embedded --out {OUT}", ["of shape (128, 512)"]),
     ("annotate-tokenizer-not-json", "annotate --model {D}/bad-tokenizer --data embedded --out {OUT}", ["bad-tokenizer/tokenizer.json is truncated or not valid JSON"]),
     ("annotate-missing-shard", "annotate --model {D}/missing-shard --data embedded --out {OUT}", ["missing: model-00002-of-00002.safetensors"]),
     ("annotate-truncated-bin", "annotate --model {D}/truncated-bin --data embedded --out {OUT}", ["pytorch_model.bin is truncated or corrupt"]),
@@ -154,6 +157,8 @@ def _write_models(root: Path) -> None:
     (root / "only-config").mkdir()
     shutil.copy(DEFAULT / "config.json", root / "only-config")
     (_copy_model(root, "bad-config") / "config.json").write_text('{"model_type": "llama",')
+    shapes = _copy_model(root, "other-shapes")
+    (shapes / "config.json").write_text(json.dumps({**json.loads((DEFAULT / "config.json").read_text()), "intermediate_size": 256}))
     (_copy_model(root, "unknown-architecture") / "config.json").write_text('{"model_type": "no-such-architecture"}')
     (_copy_model(root, "bad-tokenizer") / "tokenizer.json").write_text("garbage{")
     sharded = _copy_model(root, "missing-shard")

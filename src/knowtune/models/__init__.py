@@ -116,12 +116,39 @@ def check_model(spec: str | Path) -> Path:
     directory = resolve_model_dir(spec)
     _check_files(directory, str(spec))
     try:
-        AutoConfig.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory)
     except Exception as error:  # an unknown model_type (a newer architecture), a bad value: ValueError, KeyError ...
         raise KnowtuneError(f"model {str(spec)!r} could not be loaded: transformers cannot read {directory / 'config.json'}: {type(error).__name__}: {error}",
                             fix="upgrade transformers if the model is of a newer architecture, or restore config.json "
                                 "(copy or download the model again, or re-save it with model.save_pretrained(DIR))") from None
+    _check_shapes(directory, str(spec), config)
     return directory
+
+
+def _check_shapes(directory: Path, spec: str, config) -> None:
+    """Every tensor of the safetensors files whose name the architecture of ``config`` has must have its shape
+    (built on the meta device: no memory). Catches weights saved for another config before they are loaded."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    files = [path for path in _weight_files(directory, spec) if path.suffix == ".safetensors"]
+    if not files or getattr(config, "quantization_config", None) is not None:  # quantized tensors are packed in other shapes
+        return
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    except Exception:
+        return  # not buildable from its config alone: from_pretrained reports it
+    for path in files:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, entry in header.items():
+            if name in expected and tuple(entry["shape"]) != expected[name]:
+                raise KnowtuneError(f"model {spec!r} could not be loaded: {path} holds {name} of shape {tuple(entry['shape'])}, "
+                                    f"but {directory / 'config.json'} makes it {expected[name]}",
+                                    fix="pass the config.json saved with these weights (copy or download the model again, or re-save it with save_pretrained)")
 
 
 #: Config keys that bound a model's sequence length, in the order they are consulted.
