@@ -240,7 +240,7 @@ def test_compare_rerun_skips_and_a_lost_method_is_retrained_alone(methods_study)
     shutil.rmtree(out_dir / "runs" / "methods" / "lora")
     code, stdout, err = run("study", "--config", config, "--out", out_dir)
     assert code == 0, err
-    assert "train skipped, compare ran, keys skipped, analyse ran" in " ".join(stdout.split())
+    assert "train skipped, compare ran, baselines skipped, keys skipped, analyse ran" in " ".join(stdout.split())
     after = mtimes(out_dir)
     assert {k: v for k, v in after.items() if "lora" not in k} == {k: v for k, v in before.items() if "lora" not in k}
 
