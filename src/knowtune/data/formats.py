@@ -20,9 +20,11 @@ per example, numbered by line, element or row) and this module maps each record 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -195,25 +197,42 @@ def load_saved_dataset(path: Path):
 
 def load_hub_dataset(spec: str):
     """``hf:NAME[:CONFIG]`` through ``datasets.load_dataset``, from the local cache only."""
-    import os
-
     name, _, config = spec[len(HF_PREFIX):].partition(":")
     if not name:
         raise DataError(spec, "no dataset name after 'hf:'", fix="write hf:NAME or hf:NAME:CONFIG, e.g. hf:my-org/my-qa")
     import datasets
 
-    previous = os.environ.get("HF_DATASETS_OFFLINE")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    with _offline():
+        try:
+            return datasets.load_dataset(name, config or None)
+        except Exception as error:  # not cached, unknown config, ...
+            raise DataError(spec, f"dataset {name!r} could not be loaded from the local Hugging Face cache "
+                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+                            fix="download it once where there is network (datasets.load_dataset), or save it with "
+                                "save_to_disk and pass that folder") from None
+
+
+@contextlib.contextmanager
+def _offline():
+    """``datasets`` and ``huggingface_hub`` in offline mode for the block: no request (and no
+    retries, 24 s of them without a network) for a dataset that is not cached. Both libraries
+    read their flags at import, so the module constants are set as well as the variables."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    names = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = [(module, name, getattr(module, name)) for module in (datasets.config, hub) for name in names if hasattr(module, name)]
+    os.environ.update(dict.fromkeys(names, "1"))
+    for module, name, _ in saved:
+        setattr(module, name, True)
     try:
-        datasets.config.HF_DATASETS_OFFLINE = True
-        return datasets.load_dataset(name, config or None)
-    except Exception as error:  # not cached, unknown config, ...
-        raise DataError(spec, f"dataset {name!r} could not be loaded from the local Hugging Face cache "
-                        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
-                        fix="download it once where there is network (datasets.load_dataset), or save it with "
-                            "save_to_disk and pass that folder") from None
+        yield
     finally:
-        if previous is None:
-            os.environ.pop("HF_DATASETS_OFFLINE", None)
-        else:
-            os.environ["HF_DATASETS_OFFLINE"] = previous
+        for module, name, value in saved:
+            setattr(module, name, value)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
