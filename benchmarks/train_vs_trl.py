@@ -40,37 +40,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from selfdistill import StepTimer  # noqa: E402  (the same step timing as the self-distillation benchmark)
 
 TRAINERS = ("knowtune", "trl")
-
-
-class StepTimer(TrainerCallback):
-    """CPU and wall seconds of every optimiser step after the first ``warmup``."""
-
-    def __init__(self, warmup: int, cuda: bool):
-        self.warmup, self.cuda = warmup, cuda
-        self.cpu: list[float] = []
-        self.wall: list[float] = []
-
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._sync()
-        self._cpu, self._wall = time.process_time(), time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._sync()
-        if state.global_step > self.warmup:  # global_step counts this step already
-            self.cpu.append(time.process_time() - self._cpu)
-            self.wall.append(time.perf_counter() - self._wall)
 
 
 class CountingCollator:
