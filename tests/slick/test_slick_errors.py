@@ -82,3 +82,20 @@ def test_bad_settings_name_the_key(tiny_model, tiny_world, tmp_path, capsys, fla
     assert cli(*_base(tiny_model, tiny_world[0], tmp_path / "o"), flag, value) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_fails_to_load_after_the_checks_leaves_no_store(tiny_model, tiny_world, tmp_path):
+    """The library path (no CLI pre-flight): a first run loads the model before it creates its
+    store, so a model that cannot be loaded leaves no empty ``annotations.sqlite`` behind."""
+    from knowtune.errors import KnowtuneError
+    from knowtune.slick.annotate import run_annotate
+    from knowtune.slick.protocol import AnnotateConfig
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    next(broken.glob("*.safetensors")).write_bytes(b"\0" * 64)
+    out = tmp_path / "out"
+    config = AnnotateConfig(model=str(broken), data=str(tiny_world[0]), out=str(out), device="cpu", limit=2, n_ex=2)
+    with pytest.raises((KnowtuneError, OSError, RuntimeError, ValueError)):
+        run_annotate(config)
+    assert not (out / "annotations.sqlite").exists()

@@ -129,11 +129,16 @@ def run_annotate(config: AnnotateConfig, *, on_batch: ProgressHook | None = None
     fingerprint = served.fingerprint if served else model_fingerprint(model_dir)
     out = Path(config.out)
     check_out_dir(out, plan.protocol_hash, fingerprint, plan.protocol, overwrite=config.overwrite)
-    with AnnotationStore(out / "annotations.sqlite") as store:
+    def load_model():
+        return (None, load_tokenizer(model_dir)) if served else load(model_dir, device, dtype)
+
+    store_path = out / "annotations.sqlite"
+    # A first run loads the model before creating its store: a model that fails to load leaves no empty store.
+    preloaded = None if store_path.exists() else load_model()
+    with AnnotationStore(store_path) as store:
         done = store.done(fingerprint, plan.protocol_hash)
         pending = [(i, e) for i, e in plan.examples if done.get(e.id) != example_hash(e)]
-        model_and_tokenizer = (((None, load_tokenizer(model_dir)) if served else load(model_dir, device, dtype))
-                               if pending else None)  # fails before anything is written
+        model_and_tokenizer = (preloaded or load_model()) if pending else None  # fails before anything is written
         atomic_write_json(out / "protocol.json", {"protocol_hash": plan.protocol_hash, "model_fingerprint": fingerprint, "protocol": plan.protocol})
         save_config(config, out / "config.yaml")
         save_task(plan.task, out)
