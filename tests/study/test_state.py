@@ -44,3 +44,21 @@ def test_a_broken_state_file_is_a_data_error(tmp_path):
     path.write_text('{"stages": {"annotate": {"status": "finished"}}}')
     with pytest.raises(DataError, match="not a study state"):
         StudyState.load(path)
+
+
+def test_settings_may_change_until_a_stage_has_finished(tmp_path):
+    """A study whose first run stopped before any stage finished (a model that failed to load, say)
+    takes corrected settings; once a stage is done, other settings are refused."""
+    from knowtune.errors import KnowtuneError
+    from knowtune.study.config import StudyConfig
+    from knowtune.study.pipeline import STATE_FILE, Study
+
+    out = tmp_path / "study"
+    Study(StudyConfig(out=str(out), seed=0), log=lambda _: None).open()
+    lines: list[str] = []
+    Study(StudyConfig(out=str(out), seed=1), log=lines.append).open()
+    assert any("no stage finished under its earlier settings (annotate.seed, curate.seed, seed, train.seed differ" in line for line in lines), lines
+    state = StudyState(stages={"annotate": StageRecord(key="k", status="done")})
+    (out / STATE_FILE).write_text(json.dumps(state.to_json()))
+    with pytest.raises(KnowtuneError, match=r"holds a study with other settings \(annotate.seed"):
+        Study(StudyConfig(out=str(out), seed=2), log=lambda _: None).open()

@@ -97,9 +97,12 @@ class Study:
             previous = load_config(StudyConfig, saved).comparable()
             current = self.config.comparable()
             differing = sorted(_differences(previous, current))
-            if differing:
+            finished = [name for name, stage in StudyState.load(self.out / STATE_FILE).stages.items() if stage.status == "done"]
+            if differing and finished:
                 raise KnowtuneError(f"{self.out} holds a study with other settings ({', '.join(differing)} differ)",
                                     fix="rerun with the settings of its config.yaml to resume, or pass a new --out")
+            if differing:  # e.g. a model that failed to load, now corrected: nothing was finished under the old settings
+                self.log(f"{self.out}: no stage finished under its earlier settings ({', '.join(differing)} differ); using these")
         self.state = StudyState.load(self.out / STATE_FILE)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.config, saved)
