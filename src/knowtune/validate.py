@@ -118,6 +118,34 @@ def check_lengths(examples: Iterable, tokenizer, model_dir: str | Path, *, reser
                 fix=f"shorten or drop example {example.id!r}, or use a model with a longer context")
 
 
+def check_fewshot_lengths(config, tokenizer, model_dir: str | Path, *, reserve: int) -> None:
+    """The audit's longest few-shot prompt of each exemplar set (its exemplars, then the
+    relation's longest question) plus ``reserve`` fits the model's context: an example that
+    fits alone may not once ``k`` exemplars precede it."""
+    from knowtune.models import context_length
+    from knowtune.slick.annotate import plan_audit
+
+    limit, key = context_length(model_dir)
+    if limit is None:
+        return
+    plan = plan_audit(config, "float32")
+    builder = plan.task.prompts(tokenizer)
+    longest: dict[str, Any] = {}
+    for _, example in plan.examples:
+        if len(example.question) > len(getattr(longest.get(example.relation), "question", "")):
+            longest[example.relation] = example
+    for relation, example in sorted(longest.items()):
+        for index, exemplar_set in enumerate(plan.sets[relation]):
+            tokens = len(builder.encode([builder.fewshot(exemplar_set.for_example(example.id), example.question)])[0])
+            if tokens + reserve > limit:
+                raise KnowtuneError(
+                    f"--data {config.data}: the few-shot prompt of example {example.id!r} (relation {relation!r}, exemplar set "
+                    f"{index}) is {tokens:,} tokens; with {reserve} kept for the answer it exceeds the model's {limit:,} "
+                    f"({key} in {Path(model_dir) / 'config.json'})",
+                    fix="lower --k (exemplars per prompt), shorten the longest questions and answers, "
+                        "or use a model with a longer context")
+
+
 def _count_tokens(tokenizer, text: str, budget: int) -> int:
     """Tokens of ``text``, counting only a prefix long enough to exceed ``budget`` (a 5 MB text is not tokenized whole)."""
     prefix = text[: (budget + 1) * 64]
@@ -217,6 +245,8 @@ def preflight_annotate(config) -> None:
     directory, tokenizer = _model_or_tokenizer(config)
     if config.data:
         check_lengths(_examples(config.data, config.data_fields), tokenizer, directory, reserve=resolved.max_new_tokens, data=f"--data {config.data}")
+        if getattr(config, "method", "slick") == "slick":
+            check_fewshot_lengths(config, tokenizer, directory, reserve=resolved.max_new_tokens)
 
 
 def preflight_evaluate(config, *, allow_other_audit: bool = False, log: Callable[[str], None] | None = None) -> None:

@@ -99,3 +99,19 @@ def test_a_model_that_fails_to_load_after_the_checks_leaves_no_store(tiny_model,
     with pytest.raises((KnowtuneError, OSError, RuntimeError, ValueError)):
         run_annotate(config)
     assert not (out / "annotations.sqlite").exists()
+
+
+def test_a_few_shot_prompt_longer_than_the_context_is_refused_before_work(tmp_path, capsys):
+    """Each question fits the default model's 512 tokens alone (about 200 tokens), but not once four
+    exemplars precede it: refused, naming the example and the fix, before anything is written."""
+    long = " ".join(["who was known for very many remarkable things"] * 10)
+    records = [{"id": f"{split}-{i}", "question": f"Where was the person {long} number {i} born?", "answers": [f"City{i}"],
+                "relation": "born_in", "split": split} for split, n in (("dev", 6), ("train", 2)) for i in range(n)]
+    data = _write(tmp_path / "long.jsonl", records)
+    out = tmp_path / "o"
+    assert cli("annotate", "--model", "default", "--data", data, "--out", out, "--device", "cpu", "--k", 4) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the few-shot prompt of example" in err and "exceeds the model's 512" in err and "lower --k" in err, err
+    assert not out.exists()
+    assert cli("annotate", "--model", "default", "--data", data, "--out", out, "--device", "cpu", "--k", 1, "--limit", 1,
+               "--n-ex", 2, "--n-samples", 2) == 0
