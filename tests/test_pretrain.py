@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -48,9 +49,15 @@ def test_resume_after_interruption_gives_the_same_model(tmp_path, tiny_pretraine
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_world(), tiny_pretrain_config(), out, log=lambda _: None, callbacks=[_Crash()])
     assert (out / "checkpoints" / "checkpoint-5").is_dir() and not (out / "model.safetensors").exists()
+    # A kill while the next checkpoint was written: its copy lacks the optimizer state and the manifest.
+    partial = out / "checkpoints" / "checkpoint-6"
+    shutil.copytree(out / "checkpoints" / "checkpoint-5", partial)
+    (partial / "knowtune-checkpoint.json").unlink()
+    (partial / "optimizer.pt").unlink()
     lines = []
     pretrain(tiny_world(), tiny_pretrain_config(), out, log=lines.append)
-    assert any("resuming from" in line for line in lines)
+    assert any("removed the incomplete checkpoint checkpoint-6" in line for line in lines), lines
+    assert any("resuming from" in line and line.endswith("checkpoint-5") for line in lines), lines
     assert not (out / "checkpoints").exists()
     a = AutoModelForCausalLM.from_pretrained(out).state_dict()
     b = AutoModelForCausalLM.from_pretrained(tiny_pretrained).state_dict()

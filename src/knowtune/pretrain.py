@@ -150,12 +150,14 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     """Build the corpus, train tokenizer and model, and save everything under ``out_dir``.
 
     Trainer checkpoints go to ``out_dir/checkpoints`` every ``save_every_steps``; a rerun
-    with the same config resumes from the last one. The final model is written only at
-    the end (``out_dir`` then holds a loadable model and ``exposures.jsonl``).
+    with the same config resumes from the newest *complete* one (a manifest written last,
+    :mod:`knowtune.train.checkpoints`; a half-written one is removed). The final model is
+    written only at the end (``out_dir`` then holds a loadable model and ``exposures.jsonl``).
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
     from knowtune.provenance import model_fingerprint, provenance
+    from knowtune.train.checkpoints import CheckpointManifest, resume_checkpoint
 
     out_dir = Path(out_dir)
     checkpoints = out_dir / "checkpoints"
@@ -180,7 +182,7 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
         logging_steps=max(1, min(100, total_steps // 20)),
         save_strategy="steps",
         save_steps=config.save_every_steps,
-        save_total_limit=1,
+        save_total_limit=None,  # CheckpointManifest deletes the older checkpoint once the newer one is complete
         report_to=[],
         seed=config.seed,
         data_seed=config.seed,
@@ -190,9 +192,9 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     )
     set_seed(config.seed)
     progress = _progress_callback(total_steps, config.batch_size * config.seq_len, log)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[progress, *(callbacks or [])])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[progress, *(callbacks or []), CheckpointManifest()])
     trainer.remove_callback(PrinterCallback)
-    last = _last_checkpoint(checkpoints) if resume else None
+    last = resume_checkpoint(checkpoints, log) if resume else None
     if last is not None:
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -208,11 +210,6 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out_dir
 
-
-def _last_checkpoint(checkpoints: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return Path(found) if checkpoints.is_dir() and (found := get_last_checkpoint(str(checkpoints))) else None
 
 
 def load_exposures(model_dir: str | Path) -> dict[str, dict]:
