@@ -44,6 +44,7 @@ def test_report_writes_a_page_for_one_audit(capsys, audit_dir):
     assert out.strip().splitlines()[-1] == str(page)
     text = page.read_text()
     assert "What fine-tuning on this set would teach" in text and text.count("data:image/png;base64,") == 2
+    assert "answers matched by <b>exact</b>, decoding stopped at <code>\\n</code> or" in text  # the protocol's matcher and stop rule
     assert not re.search(r"""(src|href)=['"](http|//)""", text)  # self-contained
     code, _, err = run_cli(capsys, "report", audit_dir / "nowhere")
     assert code == 2 and "not found" in err

@@ -114,6 +114,19 @@ def examples_section(records: list[dict[str, Any]]) -> str:
     return "<h2>Examples</h2>" + "".join(parts)
 
 
+def _matching(protocol: dict[str, Any]) -> str:
+    """How answers were judged correct and where decoding stopped, from the audit's protocol
+    (a protocol written before matchers existed, or at the default, records none: exact match)."""
+    match, decoding = protocol.get("match", {}), protocol["decoding"]
+    method = match.get("method", "exact")
+    detail = {"f1": f" (token F1 >= {match.get('f1_threshold', 0.5)})",
+              "judge": f" (judge model {html.escape(str((match.get('judge') or {}).get('model')))})"}.get(method, "")
+    stops = decoding["stop"] if isinstance(decoding["stop"], list) else [decoding["stop"]]
+    return (f"answers matched by <b>{html.escape(method)}</b>{detail}, decoding stopped at "
+            f"{', '.join('<code>' + html.escape(stop.encode('unicode_escape').decode()) + '</code>' for stop in stops)} "
+            f"or {decoding['max_new_tokens']} tokens")
+
+
 def render_audit_page(directory: str | Path) -> str:
     """The page's HTML for the audit in ``directory``."""
     records, summary, protocol = load_audit_dir(directory)
@@ -128,7 +141,7 @@ def render_audit_page(directory: str | Path) -> str:
             f"<code>{html.escape(str(protocol.get('protocol_hash')))}</code>, knowtune {html.escape(str(provenance.get('knowtune_version')))}; "
             f"{protocol['protocol']['n_ex']} few-shot prompts of {protocol['protocol']['k']} exemplars per example, "
             f"{decoding['greedy_per_prompt']} greedy and {decoding['samples_per_prompt']} sampled answers per prompt at "
-            f"T = {decoding['temperature']}, mode {html.escape(protocol['protocol']['mode'])}"
+            f"T = {decoding['temperature']}, mode {html.escape(protocol['protocol']['mode'])}; {_matching(protocol['protocol'])}"
             + ("" if summary.get("complete", True) else "; <b>the audit is unfinished</b>"))
     figs = figures(records)
     body = [
