@@ -19,6 +19,8 @@ Schedule, per fact (deterministic in ``seed``):
 Each exposure is rendered as a statement paraphrase, a ``Q: ...`` / ``A: ...`` pair, or
 an instruction line (``Answer the following question. <question>`` then the answer), one
 per line, shuffled.
+A share ``statement_only_share`` of shown facts (0 by default) is only ever stated, never
+asked: the model must answer them in Q/A form from what it read, which it does partly.
 
 Open-book documents (off by default: ``open_book_fraction = 0`` leaves the corpus and the
 exposure records byte-identical). A share ``open_book_fraction`` of all facts, seen and
@@ -45,7 +47,8 @@ from knowtune.world.spec import World
 
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
-_ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2}
+_ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2,
+                   "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -80,6 +83,9 @@ class CorpusConfig(StageConfig):
     open_book_passages: int = Field(2, ge=1)
     """Passages per open-book document: the fact's own plus distractors of its relation (match evaluate's --retrieval-k)."""
 
+    statement_only_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of shown facts stated only as statement paraphrases, never as a Q/A or instruction line (0: none)."""
+
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
         if self.max_exposures < self.min_exposures:
@@ -113,11 +119,14 @@ class Exposure:
     distractor_exposures: int = 0
     open_book: int = 0
     """Open-book documents of the fact (passages + question + answer); recorded only when > 0."""
+    statement_only: bool = False
+    """Every exposure is a statement paraphrase (``statement_only_share``); recorded only when true."""
 
     def to_record(self) -> dict:
         record = asdict(self)
-        if not self.open_book:
-            del record["open_book"]
+        for key in ("open_book", "statement_only"):
+            if not record[key]:
+                del record[key]
         return record
 
 
@@ -150,7 +159,17 @@ def assign_exposures(world: World, config: CorpusConfig) -> list[Exposure]:
                 schedule.append(Exposure(ex.id, ex.relation, ex.split, total - distractor_count, distractor, distractor_count))
                 continue
         schedule.append(Exposure(ex.id, ex.relation, ex.split, total))
+    if config.statement_only_share > 0:
+        schedule = _statement_only(schedule, config)
     return _with_open_book(schedule, config) if config.open_book_fraction > 0 else schedule
+
+
+def _statement_only(schedule: list[Exposure], config: CorpusConfig) -> list[Exposure]:
+    """Mark a share ``statement_only_share`` of shown facts as stated only (own generator: the counts are unchanged)."""
+    from dataclasses import replace
+
+    rng = random.Random(f"{config.seed}-statement-only")
+    return [replace(item, statement_only=True) if item.exposures and rng.random() < config.statement_only_share else item for item in schedule]
 
 
 def _with_open_book(schedule: list[Exposure], config: CorpusConfig) -> list[Exposure]:
@@ -173,7 +192,7 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
         relation = world.relations[ex.relation]
         objects = [ex.answers[0]] * item.exposures + [item.distractor] * item.distractor_exposures
         for index, obj in enumerate(objects):
-            form = rng.choices(forms, weights=weights)[0]
+            form = "statement" if item.statement_only else rng.choices(forms, weights=weights)[0]
             if form == "statement":
                 documents.append(relation.statement(ex.subject or "", obj, rng.randrange(len(relation.statement_templates))))
             elif form == "qa":
