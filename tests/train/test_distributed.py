@@ -34,7 +34,6 @@ from knowtune.data.splits import load_splits
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.io import LOCK_FILE, OutputLock
 from knowtune.models import default_model_dir
-from knowtune.testing import run_cli
 from knowtune.train import distributed
 from knowtune.train.callbacks import EpochEvalCallback, read_metrics
 from knowtune.train.config import TrainConfig
@@ -180,12 +179,6 @@ def test_sharded_parameters_are_refused_on_gpus(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
     with pytest.raises(ConfigError, match="ZeRO-3"):
         distributed.check_replicated_parameters(cpu=False)
-
-
-def test_study_under_a_launcher_exits_2(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code, stdout, err = run_cli(capsys, "study", "--out", tmp_path / "study")
-    assert code == 2 and "accelerate launch" in err and not (tmp_path / "study").exists()
 
 
 def _take_lock_on_rank(rank: int, port: int, directory: str, results) -> None:

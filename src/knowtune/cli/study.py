@@ -12,7 +12,6 @@ from rich.console import Console
 
 from knowtune.cli import app, err_console
 from knowtune.cli.options import with_config_flags
-from knowtune.errors import KnowtuneError
 from knowtune.study.config import StudyConfig
 from knowtune.study.keys import KeyOverlapConfig
 
@@ -33,26 +32,25 @@ def print_findings(findings: list[dict[str, Any]]) -> None:
         console.print(f"      {f['detail']}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _run(settings, report: bool) -> Path:
-    """Run the study (and the report); print stages and findings; return the study dir or the report page."""
-    from knowtune.report.build import build_report
-    from knowtune.study.pipeline import run_study
-
+def _run(settings, report: bool) -> Path | None:
+    """Run the study (and the report); print stages and findings; return the study dir or the report page
+    (None on the other ranks of a launcher, which print nothing)."""
     from contextlib import nullcontext
 
-    from knowtune.io import OutputLock, command_name
+    from knowtune.io import command_name
+    from knowtune.report.build import build_report
+    from knowtune.study import launch
+    from knowtune.study.pipeline import run_study
     from knowtune.train import distributed
     from knowtune.validate import preflight_study
 
-    if distributed.world_size() > 1:
-        raise KnowtuneError("knowtune study runs in one process (its audit, curation and analysis write the study directory); "
-                            "it cannot be started by accelerate launch or torchrun",
-                            fix="run `knowtune study` directly (workers: N trains variants in parallel on CPU), or train one "
-                                "variant on several GPUs with `accelerate launch -m knowtune train` (docs/train.md, Multi-GPU)")
     preflight_study(settings)
+    launch.start(settings)  # under accelerate launch / torchrun: every rank runs the study (docs/study.md, Several GPUs)
     started = time.perf_counter()
-    with OutputLock(settings.out, command_name()) if settings.out else nullcontext():
-        result = run_study(settings, log=_log)
+    with distributed.output_lock(settings.out, command_name(), device=settings.resolved().train.device) if settings.out else nullcontext():
+        result = run_study(settings, log=_log if distributed.is_main() else lambda _: None)
+    if not distributed.is_main():
+        return None
     console.print("stages: " + ", ".join(f"{name} {status}" for name, status in result["stages"].items()), highlight=False)
     print_findings(result["analysis"]["findings"])
     if not report:
@@ -60,6 +58,11 @@ def _run(settings, report: bool) -> Path:
     page = build_report(result["out"])
     _log(f"study and report in {time.perf_counter() - started:.0f} s")
     return page
+
+
+def _echo(path: Path | None) -> None:
+    if path is not None:  # the main process's result, printed once
+        typer.echo(str(path))
 
 
 @app.command("study")
@@ -79,7 +82,7 @@ def study_command(
     from knowtune.config import load_config
 
     settings = load_config(StudyConfig, config, overrides, flags)
-    typer.echo(str(_run(settings, report)))
+    _echo(_run(settings, report))
 
 
 @app.command("report")
@@ -118,7 +121,7 @@ def demo_command(
     path = demo_config_path(METHODS_CONFIG) if methods else demo_config_path()
     out = out or Path("knowtune-methods" if methods else "knowtune-demo")
     settings = load_config(StudyConfig, path, {"out": str(out), "device": device})
-    typer.echo(str(_run(settings, report=True)))
+    _echo(_run(settings, report=True))
 
 
 @app.command("keys")

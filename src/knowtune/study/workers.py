@@ -132,14 +132,22 @@ def _annotate_shard(settings: dict[str, Any]) -> dict[str, Any]:
     return run_annotate(config, on_batch=annotate_progress(stderr_log(), f"annotate {config.shard}"))
 
 
+def shard_dirs_of(out: Path, shards: int) -> list[Path]:
+    """The output directories of an audit into ``out`` run as ``shards`` shards."""
+    return [out.parent / f"{out.name}-shards" / f"{i}-of-{shards}" for i in range(shards)]
+
+
 def annotate(config, out: Path, workers: int, log: Log) -> dict[str, Any]:
     """Run the audit ``config`` into ``out``: in this process, or as ``workers`` shards merged into ``out``."""
     from knowtune.slick.annotate import run_annotate
     from knowtune.slick.results import merge_shards
+    from knowtune.study import launch
 
+    if launch.launched():  # accelerate launch / torchrun: one shard per rank
+        return launch.annotate_ranks(config, out, log)
     if workers == 1:
         return run_annotate(config.model_copy(update={"out": str(out)}), on_batch=annotate_progress(log, "annotate"))
-    shard_dirs = [out.parent / f"{out.name}-shards" / f"{i}-of-{workers}" for i in range(workers)]
+    shard_dirs = shard_dirs_of(out, workers)
     settings = [config.model_copy(update={"shard": f"{i}/{workers}", "out": str(d)}).model_dump(mode="json") for i, d in enumerate(shard_dirs)]
     log(f"[annotate] {workers} shards in parallel processes ({shard_dirs[0].parent})")
     with process_pool(workers) as pool:
