@@ -428,7 +428,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
     """Run (or resume) every stage; returns ``{"stages": {name: "ran" | "skipped"}, "analysis": ...}``."""
-    study = Study(config, log)
+    from knowtune.study import launch
+
+    study = launch.LaunchedStudy(config, log) if launch.launched() else Study(config, log)
     study.open()
     stages = {"annotate": study.annotate(), "curate": study.curate(), "train": study.train()}
     if config.compare_methods is not None:

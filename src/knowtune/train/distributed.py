@@ -51,7 +51,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: str) -> None:
+def init(device: str, timeout: timedelta = TIMEOUT) -> None:
     """Initialise the process group when launched with several processes: gloo on CPU (``device``
     ``cpu``, or ``auto`` without CUDA), NCCL on GPUs.
 
@@ -72,7 +72,7 @@ def init(device: str) -> None:
         # with torch.load(map_location=cpu:r), which torch cannot restore to: plain cpu.
         os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
     if not dist.is_initialized():
-        PartialState(cpu=cpu, timeout=TIMEOUT)
+        PartialState(cpu=cpu, timeout=timeout)  # the first init sets it (knowtune study waits longer: study/launch.py)
 
 
 def sharded_parameters() -> str | None:
