@@ -17,7 +17,8 @@ SliCK engine (:mod:`knowtune.slick.generation`, :mod:`knowtune.slick.prefix_atte
   :func:`cache_argument`, :func:`output_cache`.
 
 Training (:func:`knowtune.train.sft.build_trainer`): ``TrainingArguments`` keys that 5.x
-removed: :func:`warmup_arguments` (``warmup_ratio``), :func:`reporter_logging_dir` (``logging_dir``).
+removed: :func:`warmup_arguments` (``warmup_ratio``), :func:`reporter_logging_dir` (``logging_dir``);
+FSDP on CPU processes, which accelerate runs as DDP: :func:`enable_fsdp_on_cpu` (sets accelerate's state).
 """
 
 from __future__ import annotations
@@ -148,3 +149,29 @@ def reporter_logging_dir(path):
 
 
 TENSORBOARD_LOGGING_DIR = "TENSORBOARD_LOGGING_DIR"
+
+
+def enable_fsdp_on_cpu(trainer) -> None:
+    """Have ``trainer`` shard its model with FSDP on CPU processes (gloo), as accelerate does on GPUs.
+
+    accelerate (1.10 to 1.15) sets ``distributed_type = FSDP`` and the FSDP plugin in
+    ``AcceleratorState.__init__`` only for accelerator devices (the ``MULTI_GPU``/``MULTI_XPU``/...
+    branch; a CPU launch stays ``MULTI_CPU``), so an FSDP config runs as DDP on CPU, while
+    torch's FSDP itself runs there over gloo. This sets what accelerate sets on GPUs: the
+    plugin (read from the ``FSDP_*`` variables ``accelerate launch`` exported) and the
+    distributed type, on the shared ``PartialState`` too (every ``AcceleratorState()`` copies
+    it), and the ``Trainer``'s ``is_fsdp_enabled`` flag; ``Trainer.train`` then prepares the
+    model with accelerate's own FSDP code. Called right after the ``Trainer`` is made.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        return
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        raise KnowtuneError(f"FSDP on CPU expects accelerate's MULTI_CPU state, found {state.distributed_type}",
+                            fix="report this with your accelerate version; launch with DDP (distributed_type: MULTI_GPU) meanwhile")
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True

@@ -55,13 +55,15 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], *, task: TaskSpec = DEFAULT_TASK, batch_size: int = 64) -> list[str]:
+def greedy_answers(model, tokenizer, prompts: list[str], *, task: TaskSpec = DEFAULT_TASK, batch_size: int = 64,
+                   synced: bool = False) -> list[str]:
     """Greedy answers to the prompt texts ``prompts`` with batched, left-padded ``model.generate``.
 
     Prompts are encoded by the task (:meth:`knowtune.task.Prompts.encode`, as in every stage);
     generation stops at the task's stop string or EOS after at most its ``max_new_tokens``,
     and the answer is the text before the stop string. Only ``input_ids`` and
-    ``attention_mask`` reach ``generate``.
+    ``attention_mask`` reach ``generate``. ``synced``: every process of an FSDP run calls this
+    with as many prompts, and each keeps taking forward passes until all have finished.
     """
     pad_id = pad_token_id(tokenizer)
     stop = task.generation.stop
@@ -72,7 +74,8 @@ def greedy_answers(model, tokenizer, prompts: list[str], *, task: TaskSpec = DEF
     for start in range(0, len(prompts), batch_size):
         input_ids, attention_mask = left_padded(encoder.encode(prompts[start : start + batch_size]), pad_id)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=False,
-                                max_new_tokens=task.generation.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
+                                max_new_tokens=task.generation.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id,
+                                **({"synced_gpus": True} if synced else {}))
         new_tokens = output[:, input_ids.shape[1] :]
         answers.extend(extract_answer(text, stop) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return answers

@@ -30,10 +30,11 @@ from transformers import TrainerCallback
 from knowtune.data.schema import QAExample
 from knowtune.drift import DEFAULT_LAYER, cosine_drift, entity_states
 from knowtune.errors import ConfigError
-from knowtune.evaluate import KNOWN_GROUP, evaluate_examples, flat_metrics
+from knowtune.evaluate import KNOWN_GROUP, EvalResult, evaluate_examples, evaluation_prompts, flat_metrics, score_predictions
 from knowtune.io import atomic_write_jsonl
 from knowtune.slick.categories import CATEGORIES, KNOWN
 from knowtune.task import DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec
+from knowtune.train import distributed
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_SETS = ("train", "dev", "test", "ood")
@@ -133,18 +134,20 @@ class DriftTracker:
         return record
 
 
-def save_model_dir(model, tokenizer, directory: Path) -> None:
+def save_model_dir(model, tokenizer, directory: Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
     """Save a loadable model (``from_pretrained``) to ``directory``, replacing it whole.
 
     A PEFT model is saved merged (a copy is merged, the training model is untouched), so
     the directory always holds a plain checkpoint. Written to a temporary sibling first.
+    ``state_dict``: the weights to save instead of the model's own (an FSDP model's gathered
+    :func:`~knowtune.train.distributed.full_state_dict`).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     plain = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        plain.save_pretrained(tmp, safe_serialization=True)
+        plain.save_pretrained(tmp, safe_serialization=True, **({"state_dict": dict(state_dict)} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
         old = directory.with_name(f".{directory.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -155,6 +158,39 @@ def save_model_dir(model, tokenizer, directory: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def evaluate_sharded(model, tokenizer, examples: Sequence[QAExample], *, task: TaskSpec, categories: Mapping[str, str] | None,
+                     batch_size: int) -> EvalResult | None:
+    """:func:`~knowtune.evaluate.evaluate_examples` of an FSDP model, whose forward pass needs every rank: each
+    rank generates for its share (:func:`~knowtune.train.distributed.shard`) with ``synced_gpus``, the
+    answers are gathered, and the main process scores them (None on the other ranks)."""
+    from knowtune.recall import greedy_answers
+
+    share = distributed.shard(examples)
+    was_training = model.training
+    model.eval()
+    try:
+        answers = greedy_answers(model, tokenizer, evaluation_prompts(tokenizer, share, task), task=task, batch_size=batch_size, synced=True)
+    finally:
+        model.train(was_training)
+    answers = distributed.gather_shards(answers, len(examples))
+    if not distributed.is_main():
+        return None
+    return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
+
+
+def save_best(model, tokenizer, directory: Path, new_best: bool, sharded: bool) -> None:
+    """Save ``model`` to ``directory`` when the main process found a new best (``new_best``); with FSDP every
+    rank calls this, learns the main process's decision, and takes part in gathering the weights."""
+    if not sharded:
+        if new_best:
+            save_model_dir(model, tokenizer, directory)
+        return
+    if distributed.broadcast(new_best):
+        weights = distributed.full_state_dict(model)
+        if distributed.is_main():
+            save_model_dir(model, tokenizer, directory, weights)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -175,6 +211,9 @@ class EpochEvalCallback(TrainerCallback):
     model is saved there. ``every_epoch=False`` evaluates only before and after training.
     Prompts, their token ids, the stop rule and matching are those of ``task`` (the run's
     task spec, as its training rows): :func:`knowtune.evaluate.evaluate_examples`. ``drift`` adds the representation drift from the base model to every record.
+    With FSDP (:func:`knowtune.train.distributed.shards_parameters`) it runs on every rank:
+    each generates for its share (:func:`evaluate_sharded`), and only the main process scores,
+    decides, writes and logs; the other ranks follow its decisions.
     """
 
     def __init__(
@@ -211,25 +250,34 @@ class EpochEvalCallback(TrainerCallback):
         self.log = log
         self.history: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None
+        self.sharded = distributed.shards_parameters()
 
     def evaluate(self, model) -> dict[str, Any]:
         """Flat metrics of every evaluation set (``<set>/<metric>[/<group>]``) and, with a tracker, ``drift/...``."""
         record: dict[str, Any] = {}
         for name, examples in self.sets.items():
-            result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
-            record.update(flat_metrics(name, result))
+            if self.sharded:
+                result = evaluate_sharded(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
+            else:
+                result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
+            if result is not None:  # None on the ranks that only generated their share
+                record.update(flat_metrics(name, result))
         if self.drift is not None:
             record.update(self.drift.measure(model, self.tokenizer))
         return record
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step > 0:
-            self._restore(round(state.epoch))
+            if distributed.is_main():
+                self._restore(round(state.epoch))
             return
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        self.metrics_path.write_text("", encoding="utf-8")
-        self.history = []
-        self._write(self._record(model, epoch=0, step=0))
+        if distributed.is_main():
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.write_text("", encoding="utf-8")
+            self.history = []
+        record = self._record(model, epoch=0, step=0)
+        if distributed.is_main():
+            self._write(record)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         self._flush_pending()
@@ -238,10 +286,13 @@ class EpochEvalCallback(TrainerCallback):
             return
         record = self._record(model, epoch=epoch, step=state.global_step)
         if self.every_epoch:
-            if self.stopper.update(epoch, record.get("dev/exact_match")) and self.best_dir is not None:
-                save_model_dir(model, self.tokenizer, self.best_dir)
+            new_best = distributed.is_main() and self.stopper.update(epoch, record.get("dev/exact_match"))
+            if self.best_dir is not None:
+                save_best(model, self.tokenizer, self.best_dir, new_best, self.sharded)
             if self.stopper.should_stop:
                 control.should_training_stop = True
+        if not distributed.is_main():
+            return control  # SyncStop gives every rank the main process's decision
         record.update(best_epoch=self.stopper.best_epoch, best_dev_exact_match=self.stopper.best, stop=self.stopper.should_stop)
         self._pending = record  # written at the epoch's log, which carries the epoch's train loss
         return control

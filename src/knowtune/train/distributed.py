@@ -1,19 +1,24 @@
 """Training with several processes (``accelerate launch`` or ``torchrun``): who does what.
 
 transformers' ``Trainer`` runs data-parallel training by itself when the launcher sets
-``WORLD_SIZE`` (DDP, or DeepSpeed ZeRO-1/2 from an accelerate config): every rank holds the
-whole model, trains on its share of each global batch, and the gradients are averaged.
-What knowtune adds around it is decided here:
+``WORLD_SIZE`` (DDP, DeepSpeed ZeRO-1/2 or FSDP from an accelerate config). What knowtune
+adds around it is decided here:
 
 - the output directory is locked, and its files (``config.yaml``, ``run.json``, the
   format-stage teacher, the teacher cache, ``metrics.jsonl``, ``best/``, ``model/``,
   ``provenance.json``) are written, by the main process only; the other ranks wait at a
   barrier and read what it wrote;
-- the per-epoch evaluation runs once, on the main process, and its early-stopping decision
-  is broadcast (:class:`SyncStop`) so that every rank stops at the same epoch; settings
-  that shard the weights themselves (FSDP, ZeRO-3) are refused on GPUs, since a sharded
-  forward pass needs every rank.
+- with replicated weights (DDP, ZeRO-1/2) the per-epoch evaluation runs once, on the main
+  process; with FSDP, where every rank holds a shard and a forward pass needs all of them,
+  every rank generates for its share of the questions in lockstep (:func:`shard`,
+  ``generate(synced_gpus=True)``), the main process gathers and scores the answers, and
+  the whole weights are gathered (:func:`full_state_dict`) for ``best/`` and ``model/``;
+- the main process's early-stopping decision is broadcast (:class:`SyncStop`) so that
+  every rank stops at the same epoch.
 
+On CPU processes accelerate runs an FSDP config as DDP; knowtune then shards the model
+itself (:func:`knowtune.compat.enable_fsdp_on_cpu`), so the same code runs on CPU (gloo) as
+on GPUs. DeepSpeed ZeRO-3 is refused on GPUs (:func:`check_sharding`).
 With one process (no launcher) every function here is a no-op and nothing is initialised.
 """
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -66,7 +71,6 @@ def init(device: str, timeout: timedelta = TIMEOUT) -> None:
     from accelerate import PartialState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
-    check_replicated_parameters(cpu)
     if cpu:
         # accelerate names rank r's device cpu:r, and transformers 4.x resumes the optimizer
         # with torch.load(map_location=cpu:r), which torch cannot restore to: plain cpu.
@@ -75,11 +79,15 @@ def init(device: str, timeout: timedelta = TIMEOUT) -> None:
         PartialState(cpu=cpu, timeout=timeout)  # the first init sets it (knowtune study waits longer: study/launch.py)
 
 
+FSDP = "FSDP (distributed_type: FSDP)"
+ZERO3 = "DeepSpeed ZeRO-3 (zero_stage: 3)"
+
+
 def sharded_parameters() -> str | None:
-    """The accelerate setting that shards the model's parameters over the ranks (FSDP, DeepSpeed
-    ZeRO-3), as ``accelerate launch`` exports it to the processes; None for DDP and ZeRO-1/2."""
+    """The accelerate setting that shards the model's parameters over the ranks (:data:`FSDP`, :data:`ZERO3`),
+    as ``accelerate launch`` exports it to the processes; None for DDP and ZeRO-1/2."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        return "FSDP (distributed_type: FSDP)"
+        return FSDP
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
         return None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
@@ -87,21 +95,72 @@ def sharded_parameters() -> str | None:
     if config_file and os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as handle:
             stage = str(json.load(handle).get("zero_optimization", {}).get("stage", stage))
-    return "DeepSpeed ZeRO-3 (zero_stage: 3)" if stage == "3" else None
+    return ZERO3 if stage == "3" else None
 
 
-def check_replicated_parameters(cpu: bool) -> None:
-    """Refuse a launch that shards the parameters (on GPUs; on CPU accelerate runs such a config as DDP).
+def shards_parameters() -> bool:
+    """Whether this run shards the model over its processes with FSDP (every rank takes part in each forward pass)."""
+    return world_size() > 1 and sharded_parameters() == FSDP
 
-    Every rank must hold the whole model: the per-epoch evaluation generates on the main
-    process alone, and a sharded forward pass needs every rank at each step.
-    """
+
+def check_sharding(config, cpu: bool) -> None:
+    """Refuse the sharded settings knowtune cannot run: DeepSpeed ZeRO-3 on GPUs (on CPU accelerate runs it
+    as DDP), and, with FSDP, a LoRA adapter or the format-stage teacher (both need the whole model on one rank)."""
+    if world_size() == 1:
+        return
     setting = sharded_parameters()
-    if setting is not None and not cpu:
-        raise ConfigError(f"the accelerate config shards the model's parameters ({setting}), but knowtune's per-epoch "
-                          "evaluation generates on the main process alone and needs the whole model there",
-                          fix="use DDP (distributed_type: MULTI_GPU) or DeepSpeed ZeRO-2 (zero_stage: 2), with lora: if the "
-                              "model and its optimizer state do not fit on one GPU (docs/train.md, Multi-GPU)")
+    if setting == ZERO3 and not cpu:
+        raise ConfigError(f"the accelerate config shards the model's parameters with {setting}, which knowtune does not support "
+                          "(its per-epoch evaluation and saves gather FSDP shards only)",
+                          fix="use FSDP (distributed_type: FSDP, fsdp_version: 2), DeepSpeed ZeRO-2 (zero_stage: 2) or DDP "
+                              "(distributed_type: MULTI_GPU) (docs/train.md, Multi-GPU)")
+    if setting != FSDP:
+        return
+    if config.lora is not None:
+        raise ConfigError(f"lora with {setting}: knowtune merges and saves the adapter on one process, which needs the whole model",
+                          fix="unset lora (FSDP shards full fine-tuning), or keep lora and launch with DDP (distributed_type: MULTI_GPU)")
+    if config.method == "selfdistill" and config.selfdistill.teacher == "format_stage":
+        raise ConfigError(f"selfdistill.teacher format_stage with {setting}: the format stage is trained and saved as a whole model",
+                          fix="set selfdistill.teacher: base, or pass a teacher trained beforehand (selfdistill.teacher: DIR)")
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items`` (every ``world_size``-th, from its rank), padded with the first item
+    so that every rank gets the same number (each takes the same number of synced generation steps)."""
+    size = world_size()
+    if size == 1 or not items:
+        return list(items)
+    share = list(items[rank()::size])
+    return share + [items[0]] * (-(-len(items) // size) - len(share))
+
+
+def gather_shards(share: Sequence[T], total: int) -> list[T]:
+    """The ``total`` results of every rank's :func:`shard`, in the order of the original items, on every rank."""
+    size = world_size()
+    if size == 1:
+        return list(share)
+    import torch.distributed as dist
+
+    shares: list[Any] = [None] * size
+    dist.all_gather_object(shares, list(share))
+    return [shares[i % size][i // size] for i in range(total)]
+
+
+def full_state_dict(model) -> dict[str, Any] | None:
+    """The whole weights of an FSDP ``model`` on the main process (None elsewhere), tied weights once; every
+    rank must call it (it gathers the shards). torch's ``get_model_state_dict`` with ``full_state_dict`` and ``cpu_offload``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    tied = _names(model.named_parameters(remove_duplicate=False)) - _names(model.named_parameters())
+    return {name: tensor for name, tensor in state.items() if name not in tied}  # saved once, as save_pretrained does
+
+
+def _names(named: Iterator[tuple[str, Any]]) -> set[str]:
+    """Parameter names without the wrappers' prefixes (FSDP1's ``_fsdp_wrapped_module.``)."""
+    return {name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "") for name, _ in named}
 
 
 def barrier() -> None:
@@ -165,16 +224,17 @@ def output_lock(directory: str | Path, command: str, *, device: str = "auto") ->
 
 def rank_callbacks(evaluator: TrainerCallback, callbacks: list[TrainerCallback]) -> list[TrainerCallback]:
     """The ``Trainer`` callbacks of this rank: the evaluation callback on the main process
-    only, and with several processes a :class:`SyncStop` after it on every rank."""
-    mine = [evaluator, *callbacks] if is_main() else list(callbacks)
+    only (on every rank with FSDP, which evaluates sharded), and with several processes a
+    :class:`SyncStop` after it on every rank."""
+    mine = [evaluator, *callbacks] if is_main() or shards_parameters() else list(callbacks)
     return [*mine, SyncStop()] if world_size() > 1 else mine
 
 
 class SyncStop(TrainerCallback):
     """Make every rank follow the main process's early-stopping decision at each epoch end.
 
-    Placed after :class:`~knowtune.train.callbacks.EpochEvalCallback` (which evaluates on the
-    main process only): a rank that kept training alone would wait forever at the next
+    Placed after :class:`~knowtune.train.callbacks.EpochEvalCallback` (whose scores and
+    decision are the main process's): a rank that kept training alone would wait forever at the next
     gradient all-reduce.
     """
 

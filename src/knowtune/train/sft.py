@@ -181,7 +181,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from knowtune.compat import reporter_logging_dir, warmup_arguments
+    from knowtune.compat import enable_fsdp_on_cpu, reporter_logging_dir, warmup_arguments
     from knowtune.train.checkpoints import checkpoint_callbacks
     from knowtune.train.selfdistill import TEACHER_TOPK_LOGPROBS, SelfDistillationTrainer, TeacherTopKCollator
 
@@ -204,6 +204,8 @@ def build_trainer(config: TrainConfig, model, tokenizer, rows: Sequence[Mapping[
             trainer = SelfDistillationTrainer(teacher=teacher, distill_config=config.selfdistill.loss_config(), **common)
         else:
             trainer = Trainer(**common)
+    if distributed.shards_parameters() and _use_cpu(config):
+        enable_fsdp_on_cpu(trainer)  # accelerate would run the FSDP config as DDP on CPU
     trainer.remove_callback(PrinterCallback)
     handler = trainer.callback_handler.callbacks
     for callback in [cb for cb in handler if isinstance(cb, EpochEvalCallback)]:
@@ -364,8 +366,8 @@ def train_model(
 
     out_dir = Path(out_dir)
     _check_inputs(config, splits.train, splits.dev, categories)
-    _use_cpu(config)
     distributed.init(config.device)
+    distributed.check_sharding(config, _use_cpu(config))
     check_reporters(config.report_to)
     if not distributed.is_main():  # with several processes the main one logs and writes
         log, console = (lambda _: None), None
@@ -399,10 +401,11 @@ def train_model(
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         progress.close()
+    weights = distributed.full_state_dict(trainer.model) if distributed.shards_parameters() else None  # FSDP: gathered from every rank
     if not distributed.is_main():
         distributed.barrier()  # while the main process writes the model and provenance.json
         return _load_finished(out_dir)
-    result = _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts())
+    result = _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts(), weights)
     distributed.barrier()
     return result
 
@@ -419,7 +422,7 @@ def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, ru
 
     set_seed(config.seed)
     model, tokenizer = load(model_spec, device="cpu", dtype="float32")  # Trainer moves it to the training device
-    tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None and distributed.is_main() else None
+    tracker = _drift_tracker(config, model, tokenizer, drift_examples, categories, log) if drift_examples is not None and (distributed.is_main() or distributed.shards_parameters()) else None
     teacher, trainable = None, None
     if _format_stage(config):  # the format stage needs the unprepared model: check the settings on a copy
         prepare_model(copy.deepcopy(model), config, log=lambda _: None)
@@ -459,14 +462,15 @@ def _drift_tracker(config: TrainConfig, model, tokenizer, examples: Sequence[QAE
 
 
 def _finish(config: TrainConfig, model, tokenizer, evaluator: EpochEvalCallback, out_dir: Path, run: dict[str, Any],
-            trainable: str | None, counts: dict[str, int]) -> TrainResult:
-    """Save the final model (and LoRA adapter), then ``provenance.json`` last; drop the checkpoints."""
+            trainable: str | None, counts: dict[str, int], weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Save the final model (and LoRA adapter), then ``provenance.json`` last; drop the checkpoints.
+    ``weights``: an FSDP model's gathered weights."""
     from knowtune.provenance import model_fingerprint, provenance
 
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(out_dir / "adapter")
     model.generation_config.pad_token_id = pad_token_id(tokenizer)
-    save_model_dir(model, tokenizer, out_dir / "model")
+    save_model_dir(model, tokenizer, out_dir / "model", weights)
     stopper = evaluator.stopper
     metrics = read_metrics(out_dir / METRICS_FILE)
     epochs_run = max(r["epoch"] for r in metrics)
