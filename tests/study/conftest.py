@@ -27,3 +27,33 @@ def knowing_model(tmp_path_factory) -> Path:
                                   save_every_steps=10_000)
     pretrain(tiny_world(), config, out, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def route_study(tmp_path_factory) -> tuple[Path, str]:
+    """A miniature study of the default model with the ``table2:`` and ``retrieval_route:`` sections (a seeded sample
+    of the embedded world, 2 epochs), run once through the CLI with ``--report``: (study dir, stdout)."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from knowtune.cli import main
+
+    root = tmp_path_factory.mktemp("route-study")
+    settings = {
+        "model": "default", "data": "embedded", "seed": 0, "device": "cpu", "train_variants": ["D_50"],
+        "sample": {"train": 60, "dev": 10, "test": 10},
+        "annotate": {"mode": "lazy", "n_samples": 4, "splits": ["train", "test"]},
+        "curate": {"unknown_ratios": [50], "size": 24, "size_split": "equal", "variants": ["ratio", "known"]},
+        "train": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "max_eval_examples": 30,
+                  "prompt_template": "Answer the following question. {question}", "answer_prefix": " "},
+        "compare_methods": {"mixture": 50, "methods": ["sft", "filtered"]},
+        "table2": {}, "retrieval_route": {"k": 2},
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(settings))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        main(["study", "--config", str(root / "study.yaml"), "--out", str(root / "study"), "--report"])
+    assert (root / "study" / "report" / "index.html").is_file(), err.getvalue()[-3000:]
+    return root / "study", out.getvalue()

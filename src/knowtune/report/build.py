@@ -4,8 +4,9 @@ Reads what ``knowtune study`` wrote (``analysis.json``, ``study.json``, ``config
 ``audit/annotations.jsonl``), adds the paper's reference numbers
 (:mod:`knowtune.study.paper`), the SliCK category distribution and, for a model pretrained
 by knowtune, the categories against pretraining exposure (``exposures.jsonl`` beside the
-model) and, for a study run with ``reaudit: true``, the category transition matrices of the
-variants at ES and CONV (:mod:`knowtune.study.shift`), then writes into ``STUDY_DIR/report`` (or ``out``)::
+model), for a study run with ``reaudit: true``, the category transition matrices of the
+variants at ES and CONV (:mod:`knowtune.study.shift`), and the ``table2:`` and ``retrieval_route:``
+sections' tables (:mod:`knowtune.study.table2`, :mod:`knowtune.study.retrieval_route`), then writes into ``STUDY_DIR/report`` (or ``out``)::
 
     index.html      one page, every figure embedded as base64 PNG, every table inline
     *.png           the figures
@@ -91,6 +92,13 @@ def with_paper(analysis: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def table2_with_paper(part: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``table2:`` analysis with the paper's Table 2 row beside each set (``paper``), or None without one."""
+    if not part:
+        return None
+    return {**part, "rows": [{**row, "paper": paper.CATEGORY_TABLE.get(row["variant"])} for row in part["rows"]]}
+
+
 def _paper_full(variant: str) -> dict[str, float] | None:
     row = paper.paper_row(variant)
     return {stage: row[stage]["full"] for stage in ("es", "conv")} if row else None
@@ -147,6 +155,8 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         "methods": methods,
         "key_overlap": keys,
         "knowledge_shift": shift,
+        "table2": table2_with_paper(analysis.get("table2")),
+        "retrieval": analysis.get("retrieval"),
         "stages": state.get("stages", {}),
         "figures": [f"{name}.png" for name in figures],
         "study": str(study_dir),

@@ -31,6 +31,10 @@ _FINDING_TEXT = {
     "selfdistill_reduces_forgetting": "self-distillation forgets at least 3x less held-out knowledge than SFT at comparable new-fact learning",
     "attention_only_preserves": "training attention only keeps held-out knowledge and learns few new facts",
     "namelike_keys_forget_more": "name-like entity keys cause more forgetting than random keys",
+    "slick_unknown_below_ptrue": "after fine-tuning, SliCK's Unknown test questions are answered worse than as many lowest-P(True) ones",
+    "verification_raises_answered_accuracy": "answer-time verification answers more accurately than \"I don't know\" fine-tuning at its answer rate",
+    "maybeknown_helps": "training on MaybeKnown examples gives the best overall test accuracy (paper Table 2)",
+    "retrieval_beats_sft_on_unknown": "SFT on Known facts plus retrieval answers the Unknown facts better than SFT on all of them",
 }
 
 
@@ -150,6 +154,38 @@ def keys_section(keys: Mapping[str, Any] | None, figures: Mapping[str, bytes]) -
     return intro + _table(header, rows) + _figure(figures, "key_overlap", "forgetting and drift by key type and world size")
 
 
+def table2_section(table2: Mapping[str, Any]) -> str:
+    """Training on one SliCK category (paper Table 2): the sets' size, the test questions behind each column, the table."""
+    sizes = sorted({row["size"] for row in table2["rows"]})
+    relation = ", ".join(f"{r} {n}" for r, n in (table2.get("per_relation") or {}).items())
+    pool = ", ".join(f"{c} {n}" for c, n in (table2.get("pool") or {}).items())
+    test_n = ", ".join(f"{c} {n}" for c, n in table2["test_n"].items() if n is not None)
+    intro = (f"<p>One set per SliCK category and D_Natural (the data's own mix), {' / '.join(map(str, sizes))} training facts each"
+             + (f" (per relation: {html.escape(relation)})" if relation else "") + "; the paper's sets hold 6,142. "
+             + (f"The curated training split holds {html.escape(pool)}: the rarest category bounds every set. " if pool else "")
+             + f"Test questions per column: {html.escape(test_n)}.</p>")
+    return intro + category_section(table2["rows"])
+
+
+def retrieval_section(retrieval: Mapping[str, Any]) -> str:
+    """The retrieval route against SFT on the same mixture: one row per route, and what the route's model answered."""
+    held = html.escape(retrieval["held_out"])
+    rows = [[html.escape(r["label"]), "" if r["epoch"] is None else str(r["epoch"]), "yes" if r["retrieval"] else "no", _num(r["unknown"]),
+             _num(r["unknown_closed_book"]), _num(r["held_out"]), _num(r["forgetting"]), _num(r["test"]), _num(r["answer_rate"])]
+            for r in retrieval["rows"]]
+    intro = (f"<p>The mixture's {retrieval['unknown_facts']} Unknown facts go to a BM25 store ({retrieval['passages']} passages); the routes "
+             f"with retrieval put the top {retrieval['k']} passages before every question (the fact's own passage is among them for "
+             f"{_num(retrieval['passage_recall'])}% of the Unknown facts). Held-out: test facts of category {held}, never trained on; "
+             f"forgetting = 100 &minus; held-out accuracy. Test EM and answered % on {retrieval['test_questions']} test questions. "
+             "Retrieval alone asks the base model with the audit's few-shot prompt; the fine-tuned models get the fine-tuning prompt.</p>")
+    header = ["route", "epoch", "passages", "Unknown facts %", "closed book %", f"held-out {held} %", "forgetting", "test EM", "answered %"]
+    samples = [[html.escape(r["label"]), html.escape(e["passages"]).replace("\n", "<br>"), html.escape(e["question"]), html.escape(", ".join(e["answers"])),
+                html.escape(e["prediction"])] for r in retrieval["rows"] for e in r.get("examples", [])]
+    return (intro + _table(header, rows, left=1)
+            + ("<p>What the routes with retrieval answered to the first Unknown facts:</p>"
+               + _table(["route", "passages", "question", "gold", "answer"], samples, left=5) if samples else ""))
+
+
 def distribution_section(distribution: Mapping[str, Any]) -> str:
     rows = [[split, str(d["n"]), *(_num(d["shares"][c]) for c in CATEGORIES)] for split, d in distribution["ours"].items()]
     rows.append(["<span class='paper'>paper (PaLM 2-M, train)</span>", "", *(_num(distribution["paper"][c]) for c in CATEGORIES)])
@@ -191,6 +227,9 @@ def render_page(results: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
           if results.get("methods") else []),
         *(["<h2>Key overlap: name-like against random entity keys</h2>", keys_section(results["key_overlap"], figures)]
           if results.get("key_overlap") else []),
+        *(["<h2>Training on one SliCK category (paper Table 2)</h2>", table2_section(results["table2"])] if results.get("table2") else []),
+        *(["<h2>Retrieval instead of fine-tuning on Unknown facts</h2>", retrieval_section(results["retrieval"])]
+          if results.get("retrieval") else []),
         *(["<h2>Knowledge shift: category transitions at EARLY_STOP and CONVERGENCE</h2>", shift_section(results["knowledge_shift"], figures)]
           if results.get("knowledge_shift") else []),
         "<h2>SliCK category distribution</h2>", _figure(figures, "category_distribution", "category distribution"),

@@ -21,6 +21,8 @@ from knowtune.curate import CurateConfig
 from knowtune.slick.protocol import AnnotateConfig
 from knowtune.study.keys import KeyOverlapConfig
 from knowtune.study.methods import CompareMethodsConfig
+from knowtune.study.retrieval_route import RetrievalRouteConfig
+from knowtune.study.table2 import Table2Config
 from knowtune.train.config import TrainConfig
 
 #: Keys that the study sets in each section itself.
@@ -80,6 +82,10 @@ class StudyConfig(StageConfig):
     """Run the key-overlap experiment (Kaplan, Gekhman et al. 2026)."""
     reaudit: bool = False
     """Audit each trained variant's model at CONV (and ES, with train.save_best) on its training facts and as many held-out ones; the report shows the category transition matrices (costly)."""
+    table2: Table2Config | None = None
+    """Train the single-category sets D_HighlyKnown ... D_Unknown and D_Natural (the paper's Table 2)."""
+    retrieval_route: RetrievalRouteConfig | None = None
+    """Compare SFT on the compare_methods mixture with SFT on its Known facts plus retrieval of its Unknown ones, and retrieval alone."""
 
     @field_validator("train_variants")
     @classmethod
@@ -116,6 +122,15 @@ class StudyConfig(StageConfig):
             raise ValueError(f"compare_methods.mixture is {compare.mixture} but curate.idk_base_ratio is {self.curate.idk_base_ratio}: make them equal")
         for method in compare.trained_methods():
             compare.train_config(method, self.train)
+        return self
+
+    @model_validator(mode="after")
+    def _table2_and_retrieval_route_can_run(self) -> "StudyConfig":
+        if self.retrieval_route is not None and (self.compare_methods is None or not {"sft", "filtered"} <= set(self.compare_methods.methods)):
+            raise ValueError("retrieval_route compares with the compare_methods runs sft (D_X) and filtered (D_Known_X): "
+                             "add a compare_methods: section whose methods include sft and filtered")
+        if self.table2 is not None:
+            self.table2.train_config(self.train)
         return self
 
     def resolved(self) -> "StudyConfig":

@@ -20,6 +20,9 @@ number behind the verdict. Accuracies are test exact match in percent.
 * ``idk_improves_answered_accuracy``: for every D_IDK_X whose D_X was trained, accuracy on
   answered test questions is higher for D_IDK_X than for D_X, at EARLY_STOP and at
   CONVERGENCE. value = the mean ES difference in points.
+
+Two more come with optional study sections (:func:`section_findings`): ``maybeknown_helps``
+(``table2:``, the paper's Table 2) and ``retrieval_beats_sft_on_unknown`` (``retrieval_route:``).
 """
 
 from __future__ import annotations
@@ -164,3 +167,72 @@ def evaluate_findings(runs: Sequence[Any], results: Mapping[str, Mapping[str, An
     """The five findings, in the order of :data:`NAMES`."""
     return [unknown_fitted_slower(runs), accuracy_falls_with_unknown(results), regression_signs(models),
             early_stop_recovers(results), idk_improves_answered_accuracy(results)]
+
+
+# -- training on one category (paper Table 2) and the retrieval route (issue 12) --------------------------------
+
+
+def maybeknown_helps(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Training on MaybeKnown examples gives the best overall test accuracy (Gekhman et al. 2024, Table 2:
+    D_MaybeKnown 43.6 at EARLY_STOP and 43.2 at CONVERGENCE, above D_Natural, D_HighlyKnown, D_WeaklyKnown and
+    D_Unknown). ``results``: :func:`knowtune.study.analysis.es_conv` of the single-category sets and D_Natural.
+
+    Holds when D_MaybeKnown's test accuracy is above that of every other trained set at ES and at CONV.
+    value = the smaller of its two margins over the best other set, in points (> 0 exactly when it holds).
+    """
+    name = "maybeknown_helps"
+    if "D_MaybeKnown" not in results or len(results) < 2:
+        return _untested(name, "needs D_MaybeKnown and at least one other set of the table2: section")
+    margins, parts = {}, []
+    for stage in ("es", "conv"):
+        if any(entry[stage] is None or entry[stage]["test"] is None for entry in results.values()):
+            return _untested(name, "needs test accuracy at EARLY_STOP (a dev set evaluated every epoch) and CONVERGENCE")
+        accuracy = {n: entry[stage]["test"] for n, entry in results.items()}
+        ours = accuracy.pop("D_MaybeKnown")
+        best = max(accuracy, key=lambda n: (accuracy[n], n))
+        margins[stage] = ours - accuracy[best]
+        parts.append(f"{stage.upper()}: D_MaybeKnown {ours:.1f} vs best other {best} {accuracy[best]:.1f} ("
+                     + ", ".join(f"{n} {a:.1f}" for n, a in accuracy.items()) + ")")
+    value = min(margins.values())
+    detail = "; ".join(parts) + "; paper: D_MaybeKnown 43.6 vs D_Natural 43.5 at ES, 43.2 vs 41.8 at CONV"
+    return finding(name, value > 0, value, detail)
+
+
+def retrieval_beats_sft_on_unknown(comparison: Mapping[str, Any]) -> dict[str, Any]:
+    """Fine-tuning on the Known facts and retrieving the Unknown ones answers the mixture's Unknown facts
+    better than fine-tuning on all of them. ``comparison``: :func:`knowtune.study.retrieval_route.measure_route`.
+
+    Holds when the ``known_retrieval`` route's accuracy on the Unknown facts (passages in the prompt) is above
+    that of SFT on the whole mixture at EARLY_STOP (``sft_es``: the SFT model one would keep, chosen by dev
+    accuracy; at CONVERGENCE SFT has memorised these very training questions). value = the difference, in points.
+    """
+    name = "retrieval_beats_sft_on_unknown"
+    rows = {row["route"]: row for row in comparison.get("rows", [])}
+    if "known_retrieval" not in rows or "sft_es" not in rows:
+        return _untested(name, "needs the retrieval comparison's known_retrieval and sft_es rows")
+    route, es, conv, alone = rows["known_retrieval"], rows["sft_es"], rows.get("sft"), rows.get("retrieval")
+    if route["unknown"] is None or es["unknown"] is None:
+        return _untested(name, "the mixture has no Unknown fact")
+    value = route["unknown"] - es["unknown"]
+    k, n = comparison["k"], comparison["unknown_facts"]
+    detail = (f"on the mixture's {n} Unknown facts: SFT on Known + retrieval (top {k}) answers {route['unknown']:.1f}% "
+              f"({route['unknown_closed_book']:.1f}% without the passages; the fact's own passage is among the top {k} for "
+              f"{comparison['passage_recall']:.1f}%), SFT on everything {es['unknown']:.1f}% at EARLY_STOP (epoch {es['epoch']})")
+    if conv is not None:
+        detail += f" and {conv['unknown']:.1f}% at CONVERGENCE (epoch {conv['epoch']}, its own training questions)"
+    if alone is not None:
+        detail += f", retrieval alone (base model) {alone['unknown']:.1f}%"
+    detail += "; held-out forgetting " + ", ".join(f"{r['label']} {_fmt(r['forgetting'])}" for r in comparison["rows"])
+    detail += "; test EM " + ", ".join(f"{r['label']} {_fmt(r['test'])}" for r in comparison["rows"])
+    return finding(name, value > 0, value, detail)
+
+
+def section_findings(parts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The findings of the optional sections present in ``parts``: ``table2`` (:mod:`knowtune.study.table2`)
+    gives ``maybeknown_helps``, ``retrieval`` (:mod:`knowtune.study.retrieval_route`) ``retrieval_beats_sft_on_unknown``."""
+    found = []
+    if "table2" in parts:
+        found.append(maybeknown_helps(parts["table2"]["variants"]))
+    if "retrieval" in parts:
+        found.append(retrieval_beats_sft_on_unknown(parts["retrieval"]))
+    return found

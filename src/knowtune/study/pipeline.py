@@ -297,6 +297,19 @@ class Study:
             sft_dir=self.state.methods["sft"].dir, idk_dir=self.state.methods["idk"].dir)["questions"]}
         return self._stage("baselines", key, (self.out / BASELINES_FILE).is_file(), work)
 
+    def table2(self) -> str:
+        """``table2:``: train the single-category sets and D_Natural (:func:`knowtune.study.table2.run_stage`)."""
+        from knowtune.study import table2
+
+        return table2.run_stage(self)
+
+    def retrieval(self) -> str:
+        """``retrieval_route:``: SFT against SFT on Known + retrieval and retrieval alone, after the compare stage
+        (:func:`knowtune.study.retrieval_route.run_stage`)."""
+        from knowtune.study import retrieval_route
+
+        return retrieval_route.run_stage(self)
+
     def keys(self) -> str:
         """The key-overlap experiment of ``key_overlap:`` (Kaplan, Gekhman et al. 2026); it skips finished cells itself."""
         from knowtune.study.keys import SUMMARY_FILE, run_key_overlap
@@ -335,13 +348,16 @@ class Study:
         return runs
 
     def analyse(self) -> str:
+        from knowtune.study import retrieval_route, table2
+        from knowtune.study.findings import section_findings
         from knowtune.study.methods import compare, method_findings
 
         runs = self.runs()
         method_runs = self.method_runs()
         keys = self.key_overlap()
+        parts = {n: p for n, p in (("table2", table2.analysis_part(self)), ("retrieval", retrieval_route.analysis_part(self))) if p is not None}
         key = config_hash({"variants": {run.name: run.metrics for run in runs}, "methods": {r.method: r.metrics for r in method_runs},
-                           "keys": keys and keys["rows"],
+                           "keys": keys and keys["rows"], **({"parts": parts} if parts else {}),
                            **({"baselines": self.state.stages["baselines"].key} if "baselines" in self.state.stages else {})})
         done = (self.out / ANALYSIS_FILE).is_file()
 
@@ -361,6 +377,8 @@ class Study:
 
                 analysis["key_overlap"] = {"rows": keys["rows"], "seconds": keys.get("seconds")}
                 analysis["findings"].append(namelike_keys_forget_more(keys["rows"]))
+            analysis.update(parts)
+            analysis["findings"] += section_findings(parts)
             analysis["provenance"] = provenance(self.config.model_dump(mode="json"), seed=self.config.study_seed,
                                                 model_fingerprint=self.model_fingerprint, data_fingerprint=self.data_fingerprint)
             atomic_write_json(self.out / ANALYSIS_FILE, analysis)
@@ -437,6 +455,10 @@ def run_study(config: StudyConfig, *, log: Log = print) -> dict[str, Any]:
         stages["compare"] = study.compare()
         if config.compare_methods.baselines:
             stages["baselines"] = study.baselines()
+    if config.table2 is not None:
+        stages["table2"] = study.table2()
+    if config.retrieval_route is not None:
+        stages["retrieval"] = study.retrieval()
     if config.key_overlap is not None:
         stages["keys"] = study.keys()
     if config.reaudit:
