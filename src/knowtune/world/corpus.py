@@ -31,6 +31,11 @@ others of its relation that also have open-book documents, in random order), the
 instruction line (their weights as above) with the gold answer. They teach the model to read
 an answer from context; such a fact counts ``open_book`` in its exposure record, and facts
 without open-book documents stay as unseen as the schedule made them.
+
+Reading lessons (off by default: ``reading_lessons = 0``): that many more open-book
+documents, about invented subjects whose object is random per document, so that only reading
+the passages lowers their loss (:mod:`knowtune.world.reading`). They leave every fact's
+exposures as they were.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ from knowtune.world.spec import World
 
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
-_ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2,
-                   "statement_only_share": 0.0}
+_ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
+                   "reading_subjects": 0, "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -82,9 +87,14 @@ class CorpusConfig(StageConfig):
     """Open-book documents per chosen fact (each with freshly drawn distractor passages)."""
     open_book_passages: int = Field(2, ge=1)
     """Passages per open-book document: the fact's own plus distractors of its relation (match evaluate's --retrieval-k)."""
-
     statement_only_share: float = Field(0.0, ge=0.0, le=1.0)
     """Share of shown facts stated only as statement paraphrases, never as a Q/A or instruction line (0: none)."""
+    reading_lessons: int = Field(0, ge=0)
+    """Reading lessons: open-book documents about invented subjects with a random object each (knowtune.world.reading; 0: none)."""
+    reading_passages: int = Field(2, ge=1)
+    """Most passages per reading lesson: the gold one plus up to this many minus one distractors (each lesson draws 1 to this many)."""
+    reading_subjects: int = Field(0, ge=0)
+    """Invented subjects the reading lessons share, each then asked with many objects (0: a fresh subject per lesson)."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
@@ -200,6 +210,11 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
             else:
                 documents.append(f"{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
     documents += open_book_documents(world, schedule, config)
+    if config.reading_lessons:
+        from knowtune.world.reading import reading_lessons
+
+        documents += reading_lessons(world, config.reading_lessons, config.reading_passages, seed=config.seed,
+                                     qa_weight=config.qa_weight, instruction_weight=config.instruction_weight, subjects_shared=config.reading_subjects)
     rng.shuffle(documents)
     return documents
 
