@@ -122,6 +122,8 @@ class LaunchedStudy(Study):
     """A :class:`Study` run by every rank of a launcher: the main process decides and writes, all ranks train."""
 
     def open(self) -> None:
+        start(self.config)  # already done by the CLI; here for run_study called from Python under a launcher
+
         def work():
             super(LaunchedStudy, self).open()
             return self.state, self.model_fingerprint, self.data_path, self.data_fingerprint
