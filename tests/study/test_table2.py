@@ -115,3 +115,13 @@ def test_the_study_trains_every_set_and_reports_table2(route_study):
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["table2"]["rows"][1]["paper"]["conv"]["full"] == 43.2
     assert "Training on one SliCK category" in (out / "report" / "index.html").read_text()
+
+
+def test_demo_methods_runs_both_sections_and_make_demo_neither():
+    from knowtune.config import load_config
+    from knowtune.study.config import METHODS_CONFIG, demo_config_path
+
+    methods = load_config(StudyConfig, demo_config_path(METHODS_CONFIG))
+    assert methods.table2 == Table2Config() and methods.retrieval_route is not None
+    demo = load_config(StudyConfig, demo_config_path())
+    assert demo.table2 is None and demo.retrieval_route is None
