@@ -31,10 +31,12 @@ import signal
 import socket
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -67,6 +69,14 @@ def data(tmp_path_factory):
 
 DDP = ("--multi_gpu",)
 FSDP = ("--use_fsdp", "--fsdp_version", "2")
+
+
+def fsdp_launch() -> tuple[tuple[str, ...], str]:
+    """FSDP2 launch flags and the file or folder each checkpoint then has: sharded checkpoints (the default)
+    where this accelerate resumes them (>= 1.13), full ones before (what knowtune asks for there)."""
+    if Version(version("accelerate")) >= Version(distributed.SHARDED_RESUME_ACCELERATE):
+        return FSDP, "pytorch_model_fsdp_0"
+    return (*FSDP, "--fsdp_state_dict_type", "FULL_STATE_DICT"), "pytorch_model_fsdp.bin"
 
 
 def launch_two(*args, launcher: tuple[str, ...] = DDP, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
@@ -149,10 +159,11 @@ def test_two_cpu_processes_match_one_process_then_resume(data, reference, tmp_pa
 
 def test_fsdp_on_two_cpu_processes_matches_one_process_then_resumes(data, reference, tmp_path):
     out = tmp_path / "fsdp"
-    done = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, "--save-best", *SETTINGS, launcher=FSDP)
+    launcher, fsdp_checkpoint = fsdp_launch()
+    done = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, "--save-best", *SETTINGS, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert all((c / "pytorch_model_fsdp_0").is_dir() for c in checkpoints)  # the model was sharded, not run as DDP
+    assert all((c / fsdp_checkpoint).exists() for c in checkpoints)  # accelerate's FSDP checkpoint: the model was sharded, not run as DDP
     assert done.stdout.strip().splitlines()[-1] == str(out / "model")
     assert done.stderr.count("epoch 2  loss") == 1  # evaluated by both ranks, scored and logged once
     metrics = read_metrics(out / METRICS)
@@ -163,11 +174,11 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_then_resumes(data, refere
     ref_result = json.loads((reference / "provenance.json").read_text())["result"]
     assert json.loads((out / "provenance.json").read_text())["result"] == ref_result
 
-    shutil.rmtree(checkpoints[-1])  # killed before epoch 2's checkpoint: resume from epoch 1's sharded one
+    shutil.rmtree(checkpoints[-1])  # killed before epoch 2's checkpoint: resume from epoch 1's
     shutil.rmtree(out / "model")
     (out / "provenance.json").unlink()
     best = load_file(out / "best" / "model.safetensors")
-    resumed = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, "--save-best", *SETTINGS, launcher=FSDP)
+    resumed = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, "--save-best", *SETTINGS, launcher=launcher)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and "epoch 1  loss" not in resumed.stderr
     assert_same_metrics(metrics, read_metrics(out / METRICS))
@@ -208,13 +219,19 @@ def test_only_the_main_process_evaluates_and_all_follow_its_stop(monkeypatch, tm
 
 
 def test_sharded_settings_knowtune_cannot_run_are_refused(monkeypatch, tmp_path):
-    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+                 "FSDP_VERSION", "FSDP_STATE_DICT_TYPE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     plain, lora = TrainConfig(), TrainConfig(lora={"r": 4})
     distributed.check_sharding(lora, cpu=False)  # DDP
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert distributed.shards_parameters()
+    with pytest.raises(ConfigError, match="FSDP version 1") as error:  # accelerate's default
+        distributed.check_sharding(plain, cpu=False)
+    assert "--fsdp_version 2" in error.value.fix
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT")
     distributed.check_sharding(plain, cpu=False)
     with pytest.raises(ConfigError, match=r"lora with FSDP") as error:
         distributed.check_sharding(lora, cpu=True)
@@ -222,6 +239,13 @@ def test_sharded_settings_knowtune_cannot_run_are_refused(monkeypatch, tmp_path)
     format_stage = TrainConfig(method="selfdistill", selfdistill={"teacher": "format_stage"})
     with pytest.raises(ConfigError, match="selfdistill.teacher format_stage with FSDP"):
         distributed.check_sharding(format_stage, cpu=True)
+    monkeypatch.delenv("FSDP_STATE_DICT_TYPE")  # sharded checkpoints (FSDP2's default), with an accelerate that resumes them wrongly
+    monkeypatch.setattr(distributed, "SHARDED_RESUME_ACCELERATE", "999")
+    with pytest.raises(ConfigError, match="SHARDED_STATE_DICT without their optimizer state") as error:
+        distributed.check_sharding(plain, cpu=True)
+    assert "fsdp_state_dict_type: FULL_STATE_DICT" in error.value.fix
+    monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT")
+    distributed.check_sharding(plain, cpu=True)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")

@@ -148,6 +148,10 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: Mapping[str, t
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         plain.save_pretrained(tmp, safe_serialization=True, **({"state_dict": dict(state_dict)} if state_dict is not None else {}))
+        if state_dict is not None:  # FSDP made the model's class torch's FSDP<Model> subclass, which 4.x saves as its architecture
+            config = copy.deepcopy(plain.config)
+            config.architectures = [next(c.__name__ for c in type(plain).__mro__ if not c.__name__.startswith("FSDP"))]
+            config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         old = directory.with_name(f".{directory.name}.old")
         shutil.rmtree(old, ignore_errors=True)

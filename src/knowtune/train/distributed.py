@@ -105,7 +105,8 @@ def shards_parameters() -> bool:
 
 def check_sharding(config, cpu: bool) -> None:
     """Refuse the sharded settings knowtune cannot run: DeepSpeed ZeRO-3 on GPUs (on CPU accelerate runs it
-    as DDP), and, with FSDP, a LoRA adapter or the format-stage teacher (both need the whole model on one rank)."""
+    as DDP); FSDP version 1; sharded FSDP2 checkpoints that the installed accelerate resumes wrongly; and, with
+    FSDP, a LoRA adapter or the format-stage teacher (both need the whole model on one rank)."""
     if world_size() == 1:
         return
     setting = sharded_parameters()
@@ -116,12 +117,38 @@ def check_sharding(config, cpu: bool) -> None:
                               "(distributed_type: MULTI_GPU) (docs/train.md, Multi-GPU)")
     if setting != FSDP:
         return
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError("FSDP version 1 (fsdp_version: 1, accelerate's default): knowtune's sharded evaluation and saves "
+                          "are written for FSDP2 (accelerate's FSDP1 plugin also needs a GPU)",
+                          fix="set fsdp_version: 2 in the accelerate config (accelerate launch --use_fsdp --fsdp_version 2)")
+    check_fsdp_resume()
     if config.lora is not None:
         raise ConfigError(f"lora with {setting}: knowtune merges and saves the adapter on one process, which needs the whole model",
                           fix="unset lora (FSDP shards full fine-tuning), or keep lora and launch with DDP (distributed_type: MULTI_GPU)")
     if config.method == "selfdistill" and config.selfdistill.teacher == "format_stage":
         raise ConfigError(f"selfdistill.teacher format_stage with {setting}: the format stage is trained and saved as a whole model",
                           fix="set selfdistill.teacher: base, or pass a teacher trained beforehand (selfdistill.teacher: DIR)")
+
+
+#: The first accelerate that restores FSDP2's sharded optimizer state on resume (1.10 to 1.12 load it into the
+#: empty ``optimizer.state_dict()`` of a fresh optimizer: the Adam moments start from zero again).
+SHARDED_RESUME_ACCELERATE = "1.13.0"
+
+
+def check_fsdp_resume() -> None:
+    """Refuse FSDP2 checkpoints that the installed accelerate would resume wrongly (:data:`SHARDED_RESUME_ACCELERATE`)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    fsdp2 = os.environ.get("FSDP_VERSION", "1") == "2"
+    sharded = os.environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if fsdp2 else "FULL_STATE_DICT").upper() == "SHARDED_STATE_DICT"
+    installed = version("accelerate")
+    if fsdp2 and sharded and Version(installed) < Version(SHARDED_RESUME_ACCELERATE):
+        raise ConfigError(f"accelerate {installed} resumes FSDP2 checkpoints of fsdp_state_dict_type SHARDED_STATE_DICT without "
+                          "their optimizer state, so a resumed run would not continue the interrupted one",
+                          fix=f"set fsdp_state_dict_type: FULL_STATE_DICT (accelerate launch --fsdp_state_dict_type FULL_STATE_DICT), "
+                              f"or upgrade accelerate to >= {SHARDED_RESUME_ACCELERATE}")
 
 
 def shard(items: Sequence[T]) -> list[T]:
