@@ -132,6 +132,39 @@ def kill_train_in_checkpoint(args, epoch: int, position: int, *, env=None, timeo
     assert process.returncode == -signal.SIGKILL, f"status {process.returncode}, not a kill:\n{process.stderr.decode()[-2000:]}"
 
 
+
+def free_port() -> int:
+    """A TCP port of this machine that nothing listens on now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_knowtune(args, *, launcher=("--multi_gpu",), processes: int = 2, timeout_s: float = 300.0):
+    """``accelerate launch`` of ``knowtune *args`` on ``processes`` CPU processes (gloo), DDP or ``launcher``'s
+    setting; returns the ``CompletedProcess`` (text). The whole process group is killed and the test failed
+    if it outlives ``timeout_s`` (a rank left waiting at a collective hangs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "knowtune", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the {processes}-process knowtune {args[0]} hung for {timeout_s:.0f} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
 # Tiny random-initialised models of many architecture families (the architecture matrix).
 # Each family: (config class name, config keyword arguments). Sizes are tiny (hidden 32,
 # 2 layers); ``initializer_range`` is large so that greedy answers depend on the prompt

@@ -15,10 +15,7 @@ import json
 import math
 import multiprocessing
 import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +26,7 @@ from knowtune.config import load_config
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.study.config import StudyConfig
 from knowtune.study.pipeline import run_study
-from knowtune.testing import run_cli
+from knowtune.testing import free_port, launch_knowtune, run_cli
 from study_metrics import mini_key_overlap
 
 RTOL = 1e-4
@@ -48,26 +45,9 @@ def study_yaml(path: Path, model: Path, world: Path, batch_size: int, **sections
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launch_two(*args, timeout_s: float = 240.0) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu`` of ``knowtune *args`` on 2 CPU processes; the process group is
-    killed if it outlives ``timeout_s`` (a rank left waiting at a collective hangs)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "knowtune", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"the 2-process study hung for {timeout_s:.0f} s:\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    """``accelerate launch --multi_gpu`` of ``knowtune *args`` on 2 CPU processes."""
+    return launch_knowtune(args, timeout_s=timeout_s)
 
 
 def categories(study_dir: Path) -> list[tuple[str, str]]:

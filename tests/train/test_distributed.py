@@ -27,10 +27,7 @@ import math
 import multiprocessing
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -45,6 +42,7 @@ from knowtune.data.splits import load_splits
 from knowtune.errors import ConfigError, KnowtuneError
 from knowtune.io import LOCK_FILE, OutputLock
 from knowtune.models import default_model_dir
+from knowtune.testing import free_port, launch_knowtune
 from knowtune.train import distributed
 from knowtune.train.callbacks import EpochEvalCallback, read_metrics
 from knowtune.train.config import TrainConfig
@@ -80,22 +78,8 @@ def fsdp_launch() -> tuple[tuple[str, ...], str]:
 
 
 def launch_two(*args, launcher: tuple[str, ...] = DDP, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``knowtune *args`` on 2 CPU processes (gloo), DDP or ``launcher``'s setting;
-    the whole process group is killed if it outlives ``timeout_s`` (a rank left waiting at a collective hangs)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "knowtune", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"the 2-process run hung for {timeout_s:.0f} s:\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    """``accelerate launch`` of ``knowtune *args`` on 2 CPU processes (gloo), DDP or ``launcher``'s setting."""
+    return launch_knowtune(args, launcher=launcher, timeout_s=timeout_s)
 
 
 def assert_same_metrics(one: list[dict], two: list[dict]) -> None:
@@ -288,9 +272,7 @@ def _take_lock_on_rank(rank: int, port: int, directory: str, results) -> None:
 def _lock_on_two_ranks(directory) -> dict[int, str]:
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ranks = [context.Process(target=_take_lock_on_rank, args=(rank, port, str(directory), results)) for rank in range(2)]
     for process in ranks:
         process.start()

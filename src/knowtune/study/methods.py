@@ -113,7 +113,7 @@ class CompareMethodsConfig(StageConfig):
             settings["lora"] = self.lora.model_dump(mode="json")
             if self.lora_learning_rate is not None:
                 settings["learning_rate"] = self.lora_learning_rate
-        _merge(settings, self.overrides.get(method, {}))
+        merge_settings(settings, self.overrides.get(method, {}))
         return TrainConfig.model_validate(settings)
 
     def trained_methods(self) -> list[str]:
@@ -135,11 +135,11 @@ class MethodPlan:
     config: TrainConfig
 
 
-def _merge(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
+def merge_settings(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
     """Update ``target`` with ``changes``, nested mappings key by key (``selfdistill: {lambda_kl: 2}`` keeps the other keys)."""
     for key, value in changes.items():
         if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+            merge_settings(target[key], value)
         else:
             target[key] = value
 

@@ -67,11 +67,11 @@ class Table2Config(StageConfig):
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The study's ``train:`` settings with ``overrides`` merged in (nested keys key by key); validated."""
-        from knowtune.study.methods import _merge
+        from knowtune.study.methods import merge_settings
         from knowtune.train.config import TrainConfig
 
         settings = base.model_dump(mode="json")
-        _merge(settings, self.overrides)
+        merge_settings(settings, self.overrides)
         return TrainConfig.model_validate(settings)
 
     def curate_config(self, base: CurateConfig, out: Path) -> CurateConfig:
