@@ -72,11 +72,7 @@ class CompareMethodsConfig(StageConfig):
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("an empty list compares nothing; leave methods unset to compare all of " + ", ".join(METHODS))
-        if len(set(value)) != len(value):
-            raise ValueError("a method is listed twice")
-        return value
+        return distinct_choices(value, "compares nothing; leave methods unset to compare all of " + ", ".join(METHODS), "a method")
 
     @model_validator(mode="after")
     def _baselines_need_sft_and_idk(self) -> "CompareMethodsConfig":
@@ -133,6 +129,15 @@ class MethodPlan:
 
     variant: str
     config: TrainConfig
+
+
+def distinct_choices(value: list[str], if_empty: str, item: str) -> list[str]:
+    """``value`` when it names at least one choice, none twice; else the ValueError a section's list validator raises."""
+    if not value:
+        raise ValueError(f"an empty list {if_empty}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{item} is listed twice")
+    return value
 
 
 def merge_settings(target: dict[str, Any], changes: Mapping[str, Any]) -> None:

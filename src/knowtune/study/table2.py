@@ -59,11 +59,9 @@ class Table2Config(StageConfig):
     @field_validator("variants")
     @classmethod
     def _variants(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("an empty list trains nothing; leave variants unset to train all of " + ", ".join(VARIANTS))
-        if len(set(value)) != len(value):
-            raise ValueError("a set is listed twice")
-        return value
+        from knowtune.study.methods import distinct_choices
+
+        return distinct_choices(value, "trains nothing; leave variants unset to train all of " + ", ".join(VARIANTS), "a set")
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The study's ``train:`` settings with ``overrides`` merged in (nested keys key by key); validated."""
