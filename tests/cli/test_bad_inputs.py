@@ -304,3 +304,40 @@ def test_a_full_disk_exits_2_with_how_to_resume_and_the_rerun_completes(capsys, 
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+def test_a_refused_model_or_checkpoint_write_is_a_storage_error(writer, tmp_path):
+    """safetensors and torch.save (the Trainer's checkpoint files) raise no OSError when the disk is
+    full: their own errors, raised here by a real write past a file-size limit, still read as one."""
+    import resource
+
+    import torch
+    from safetensors.torch import save_file
+
+    from knowtune.cli import _storage_error
+
+    tensors = {"weight": torch.zeros(64, 1024)}
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, previous[1]))
+    try:
+        with pytest.raises(Exception) as raised:
+            if writer == "safetensors":
+                save_file(tensors, str(tmp_path / "model.safetensors"))
+            else:
+                torch.save(tensors, tmp_path / "optimizer.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+    assert not isinstance(raised.value, OSError)
+    message = _storage_error(raised.value)
+    assert message is not None and "free disk space" in message and "rerun the same command to resume" in message
+    assert _storage_error(RuntimeError("a bug of knowtune")) is None
+
+
+def test_an_error_quoting_a_bracketed_value_prints_it_whole(capsys, tmp_path):
+    """rich markup would read "[name, name]" as a style tag and drop it from the message."""
+    config = tmp_path / "study.yaml"
+    config.write_text("key_overlap:\n  key_types: [name, name]\n")
+    code, _, err = run_cli(capsys, "study", "--config", config, "--out", tmp_path / "out")
+    assert code == 2 and "key_overlap.key_types" in err and "listed twice: ['name', 'name']" in err, err
+    assert not (tmp_path / "out").exists()

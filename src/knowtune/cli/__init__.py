@@ -11,6 +11,7 @@ import threading
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from knowtune import __version__
 from knowtune.errors import EXIT_USAGE, KnowtuneError
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False)  # messages quote user values: "[1, 2]" is no style tag
 
 
 def _version_callback(value: bool) -> None:
@@ -75,21 +76,37 @@ def _raise_interrupted(signum: int, frame) -> None:
 
 #: OS errors of the storage, not of knowtune: a full disk or quota, a file-size limit, a read-only file system.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+#: The same errors as the Rust and C++ writers of safetensors and torch.save word them (they raise no OSError).
+_STORAGE_PHRASES = tuple(os.strerror(code) for code in sorted(_STORAGE_ERRNOS)) + ("os error 28",)
+#: torch.save's zip writer loses the OS error of a failed write and reports only this.
+_TORCH_WRITE_FAILURE = ("PytorchStreamWriter failed", "inline_container.cc")
 
 
 def _storage_error(error: BaseException) -> str | None:
     """The message for a write that the storage refused (disk full, read-only), else None."""
+    text = str(error)
     if isinstance(error, sqlite3.OperationalError):
-        text = str(error)
         if "disk is full" not in text and "readonly database" not in text and "disk I/O error" not in text:
             return None
         where = "a results database"
-    elif error.errno in _STORAGE_ERRNOS:
-        text, where = error.strerror or str(error), error.filename or "a file"
+    elif isinstance(error, OSError) and error.errno is not None:
+        if error.errno not in _STORAGE_ERRNOS:
+            return None
+        text, where = error.strerror or text, error.filename or "a file"
+    elif any(phrase in text for phrase in _STORAGE_PHRASES):
+        where = "a model file"
+    elif any(phrase in text for phrase in _TORCH_WRITE_FAILURE):
+        text = f"torch.save could not finish the file ({text.strip()}), as it reports a full disk or a refused write"
+        where = "a checkpoint"
     else:
         return None
     return (f"writing {where} failed: {text}. Everything stored before is kept.\n"
             "Fix: free disk space (or write to another --out), then rerun the same command to resume.")
+
+
+def _print_error(label: str, message: str) -> None:
+    """``label`` in bold red, then ``message`` as written (no rich markup: it quotes config values and paths)."""
+    err_console.print(Text.assemble((label, "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,17 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="knowtune")
     except KnowtuneError as error:
-        err_console.print(f"[bold red]error:[/] {error.render()}", highlight=False, soft_wrap=True)
+        _print_error("error:", error.render())
         sys.exit(EXIT_USAGE)
-    except (OSError, sqlite3.OperationalError) as error:
+    except Exception as error:  # a refused write surfaces as OSError, sqlite3, safetensors or torch errors
         message = _storage_error(error)
         if message is None:
             raise
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        _print_error("error:", message)
         sys.exit(EXIT_USAGE)
     except Interrupted as stop:
         words = (argv if argv is not None else sys.argv[1:])[:1]
-        err_console.print(f"[bold red]stopped[/] by {signal.Signals(stop.signum).name}: knowtune {' '.join(words)} kept every result it had "
+        _print_error("stopped", f"by {signal.Signals(stop.signum).name}: knowtune {' '.join(words)} kept every result it had "
                           "stored and dropped the work in flight.\nTo resume: rerun the same command.", highlight=False, soft_wrap=True)
         sys.exit(128 + stop.signum)
     finally:

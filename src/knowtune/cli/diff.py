@@ -11,7 +11,7 @@ from rich.table import Table
 
 from knowtune.cli import app, err_console
 
-console = Console()
+console = Console(markup=False)
 
 
 @app.command("diff")

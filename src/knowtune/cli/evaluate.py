@@ -15,7 +15,7 @@ from knowtune.data.formats import FIELD_FLAG_ALIASES
 from knowtune.matching import MATCH_FLAG_ALIASES
 from knowtune.evaluate import EvalConfig
 
-console = Console()
+console = Console(markup=False)
 
 
 @app.command("evaluate")

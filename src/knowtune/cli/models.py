@@ -17,7 +17,7 @@ from knowtune.pretrain import PretrainConfig
 
 models_app = typer.Typer(help="Base models: the shipped default, and recall by pretraining exposure.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
+console = Console(markup=False)
 
 
 @app.command("pretrain")

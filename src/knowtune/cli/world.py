@@ -18,7 +18,7 @@ from knowtune.world.synthetic import SyntheticWorldConfig
 
 world_app = typer.Typer(help="Knowledge worlds: the embedded EntityQuestions slice, synthetic worlds, pretraining corpora.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
-console = Console()
+console = Console(markup=False)
 
 
 @world_app.command("info")
