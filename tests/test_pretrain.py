@@ -71,3 +71,46 @@ def test_packed_blocks_cover_the_corpus_in_equal_blocks():
     assert blocks.blocks.shape[1] == 16 and len(blocks) == blocks.num_tokens // 16
     item = blocks[0]
     assert torch.equal(item["input_ids"], item["labels"])
+
+
+class _LessonBlocksSeen(TrainerCallback):
+    """The reading-lesson blocks the dataset holds at each step (by epoch)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_step_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        blocks = train_dataloader.dataset.lesson_blocks
+        self.seen.setdefault(int(state.epoch), blocks.clone())
+        assert torch.equal(self.seen[int(state.epoch)], blocks)
+
+
+def test_renewed_reading_lessons_are_new_every_epoch_and_a_resumed_run_sees_the_same(tmp_path):
+    """corpus.reading_renew: each epoch trains on lessons of its own (none seen twice), ended by EOS;
+    a run stopped mid-epoch resumes with that epoch's lessons and ends with the same weights."""
+    config = tiny_pretrain_config(epochs=3.0, corpus={**tiny_pretrain_config().corpus.model_dump(), "reading_lessons": 30, "reading_renew": True})
+    seen = _LessonBlocksSeen()
+    pretrain(tiny_world(), config, tmp_path / "whole", log=lambda _: None, callbacks=[seen])
+    assert sorted(seen.seen) == [0, 1, 2]
+    blocks = list(seen.seen.values())
+    assert all(len(b) == len(blocks[0]) > 0 for b in blocks)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "whole")
+    texts = [tokenizer.decode(b.flatten()) for b in blocks]
+    assert len(set(texts)) == 3 and all(text.count(tokenizer.eos_token) >= 5 for text in texts)
+    lessons = [set(t.split(tokenizer.eos_token)[1:-1]) for t in texts]  # whole lessons (the first and last may be cut)
+    assert not lessons[0] & lessons[1] and not lessons[1] & lessons[2]
+    assert tiny_pretrain_config().corpus.reading_renew is False
+
+    out = tmp_path / "resumed"
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch > 1.3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_world(), config, out, log=lambda _: None, callbacks=[Crash()])
+    resumed = _LessonBlocksSeen()
+    pretrain(tiny_world(), config, out, log=lambda _: None, callbacks=[resumed])
+    assert min(resumed.seen) == 1 and all(torch.equal(resumed.seen[e], seen.seen[e]) for e in resumed.seen)
+    assert model_fingerprint(out) == model_fingerprint(tmp_path / "whole")

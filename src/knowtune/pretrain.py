@@ -9,6 +9,7 @@ so that ``AutoModelForCausalLM.from_pretrained(dir)`` loads it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -104,25 +105,82 @@ def build_model(config: PretrainConfig, tokenizer):
 
 
 class PackedBlocks(torch.utils.data.Dataset):
-    """The corpus as one token stream (documents joined by newlines) cut into equal blocks."""
+    """The corpus as one token stream (documents joined by newlines) cut into equal blocks.
 
-    def __init__(self, documents: list[str], tokenizer, seq_len: int):
+    ``lessons`` (renewed reading lessons, ``corpus.reading_renew``): a function from (epoch, part)
+    to the tokens of that part of the epoch's lessons. Epoch 0's part 0 makes the lesson blocks;
+    every other epoch takes parts until it fills as many (lessons vary in length), and
+    :meth:`set_epoch` (called at every epoch's start, :func:`renew_lessons_callback`) swaps them in.
+    """
+
+    def __init__(self, documents: list[str], tokenizer, seq_len: int, lessons: Callable[[int, int], list[int]] | None = None):
         ids = tokenizer("\n".join(documents) + "\n", add_special_tokens=False)["input_ids"]
         usable = (len(ids) // seq_len) * seq_len
         if usable == 0:
             raise KnowtuneError(f"the corpus has {len(ids)} tokens, fewer than one block of seq_len={seq_len}", fix="lower seq_len or grow the world")
         self.blocks = torch.tensor(ids[:usable], dtype=torch.long).view(-1, seq_len)  # (N, T)
+        self.seq_len = seq_len
+        self.lessons = lessons
+        self.lesson_blocks = torch.empty(0, seq_len, dtype=torch.long)
+        if lessons is not None:
+            first = lessons(0, 0)
+            self.lesson_blocks = self._blocks(first, len(first) // seq_len)
+        self.epoch = 0
+
+    def _blocks(self, ids: list[int], count: int) -> torch.Tensor:
+        return torch.tensor(ids[: count * self.seq_len], dtype=torch.long).view(count, self.seq_len)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s reading lessons (a no-op without renewed lessons)."""
+        if self.lessons is not None and epoch != self.epoch:
+            ids: list[int] = []
+            for part in itertools.count():
+                ids += self.lessons(epoch, part)
+                if len(ids) >= self.lesson_blocks.numel():
+                    break
+            self.lesson_blocks = self._blocks(ids, len(self.lesson_blocks))
+        self.epoch = epoch
 
     @property
     def num_tokens(self) -> int:
-        return self.blocks.numel()
+        return self.blocks.numel() + self.lesson_blocks.numel()
 
     def __len__(self) -> int:
-        return self.blocks.shape[0]
+        return self.blocks.shape[0] + self.lesson_blocks.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        block = self.blocks[index]
+        block = self.blocks[index] if index < len(self.blocks) else self.lesson_blocks[index - len(self.blocks)]
         return {"input_ids": block, "labels": block}
+
+
+def renewed_lessons(world: World, corpus: CorpusConfig, epoch: int, part: int = 0) -> list[str]:
+    """``corpus.reading_lessons`` renewed reading lessons (``corpus.reading_renew``) for part ``part``
+    of epoch ``epoch``, seeded by the corpus seed, the epoch and the part, so a resumed run renders the same."""
+    from knowtune.world.reading import reading_lessons
+
+    return reading_lessons(world, corpus.reading_lessons, corpus.reading_passages, seed=f"{corpus.seed}-epoch-{epoch}-{part}",
+                           qa_weight=corpus.qa_weight, instruction_weight=corpus.instruction_weight, subjects_shared=corpus.reading_subjects)
+
+
+def lesson_tokens(lessons: list[str], tokenizer) -> list[int]:
+    """The lessons' token ids, each lesson ended by EOS: packed together, a lesson's passages
+    must not read as lines of the lesson before."""
+    ids: list[int] = []
+    for encoded in tokenizer(lessons, add_special_tokens=False)["input_ids"]:
+        ids += encoded + [tokenizer.eos_token_id]
+    return ids
+
+
+def renew_lessons_callback(dataset: PackedBlocks):
+    """A TrainerCallback that gives ``dataset`` the epoch's reading lessons as the epoch starts (and
+    as a resumed run re-enters its epoch: ``state.epoch`` then holds the fraction done)."""
+    from transformers import TrainerCallback
+
+    class RenewLessons(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            dataset.set_epoch(int(state.epoch or 0))
+
+    return RenewLessons()
 
 
 def _progress_callback(total_steps: int, tokens_per_step: int, log: Callable[[str], None]):
@@ -164,8 +222,13 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     out_dir.mkdir(parents=True, exist_ok=True)
     schedule = assign_exposures(world, config.corpus)
     documents = render_corpus(world, schedule, config.corpus)
-    tokenizer = train_tokenizer(documents, config.vocab_size)
-    dataset = PackedBlocks(documents, tokenizer, config.seq_len)
+    renew = config.corpus.reading_lessons > 0 and config.corpus.reading_renew
+    first_lessons = renewed_lessons(world, config.corpus, 0) if renew else []
+    tokenizer = train_tokenizer(documents + first_lessons, config.vocab_size)
+    lessons = None
+    if renew:
+        lessons = lambda epoch, part: lesson_tokens(first_lessons if (epoch, part) == (0, 0) else renewed_lessons(world, config.corpus, epoch, part), tokenizer)  # noqa: E731
+    dataset = PackedBlocks(documents, tokenizer, config.seq_len, lessons)
     model = build_model(config, tokenizer)
     steps_per_epoch = -(-len(dataset) // config.batch_size)
     total_steps = int(steps_per_epoch * config.epochs)
@@ -192,7 +255,8 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     )
     set_seed(config.seed)
     progress = _progress_callback(total_steps, config.batch_size * config.seq_len, log)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[progress, *(callbacks or []), CheckpointManifest()])
+    renewal = [renew_lessons_callback(dataset)] if renew else []
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[progress, *renewal, *(callbacks or []), CheckpointManifest()])
     trainer.remove_callback(PrinterCallback)
     last = resume_checkpoint(checkpoints, log) if resume else None
     if last is not None:

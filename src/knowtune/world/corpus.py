@@ -35,7 +35,8 @@ without open-book documents stay as unseen as the schedule made them.
 Reading lessons (off by default: ``reading_lessons = 0``): that many more open-book
 documents, about invented subjects whose object is random per document, so that only reading
 the passages lowers their loss (:mod:`knowtune.world.reading`). They leave every fact's
-exposures as they were.
+exposures as they were. With ``reading_renew`` they are not part of this corpus: pretraining
+renders new ones for every epoch (:func:`knowtune.pretrain.lesson_tokens`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from knowtune.world.spec import World
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
 _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
-                   "reading_subjects": 0, "statement_only_share": 0.0}
+                   "reading_subjects": 0, "reading_renew": False, "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -95,6 +96,9 @@ class CorpusConfig(StageConfig):
     """Most passages per reading lesson: the gold one plus up to this many minus one distractors (each lesson draws 1 to this many)."""
     reading_subjects: int = Field(0, ge=0)
     """Invented subjects the reading lessons share, each then asked with many objects (0: a fresh subject per lesson)."""
+    reading_renew: bool = False
+    """Render ``reading_lessons`` new lessons for every epoch, in blocks of their own, each lesson ended by EOS, so
+    that none is seen twice (knowtune.pretrain); off: the lessons join the corpus once and repeat every epoch."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
@@ -210,7 +214,7 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
             else:
                 documents.append(f"{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
     documents += open_book_documents(world, schedule, config)
-    if config.reading_lessons:
+    if config.reading_lessons and not config.reading_renew:  # renewed lessons: knowtune.pretrain renders them per epoch
         from knowtune.world.reading import reading_lessons
 
         documents += reading_lessons(world, config.reading_lessons, config.reading_passages, seed=config.seed,

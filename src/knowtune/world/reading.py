@@ -62,7 +62,7 @@ class InventedSubjects:
                             fix="set corpus.reading_lessons: 0 for this world")
 
 
-def reading_lessons(world: World, count: int, passages: int, *, seed: int, qa_weight: float, instruction_weight: float,
+def reading_lessons(world: World, count: int, passages: int, *, seed: int | str, qa_weight: float, instruction_weight: float,
                     subjects_shared: int = 0) -> list[str]:
     """``count`` reading lessons (module docstring), deterministic in ``seed``; with ``subjects_shared``
     > 0 the lessons draw their (relation, subject) from that many, so one subject gets many objects."""
