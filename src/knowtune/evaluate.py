@@ -248,25 +248,36 @@ def evaluate_examples(
     batch_size: int = 64,
     judge=None,
     contexts: Sequence[str] | None = None,
-) -> EvalResult:
+    sharded: bool = False,
+) -> EvalResult | None:
     """Greedy answers to ``examples`` (batched, left-padded ``generate``), scored by exact match.
 
     Prompts, their token ids, the stop rule, the abstention phrase and the normalisation are
     those of ``task`` (:func:`evaluation_prompts`, :func:`knowtune.recall.greedy_answers`).
     The model is put in eval mode for the generation and returned to its previous mode.
     ``contexts`` (one text per example, e.g. :func:`knowtune.retrieval.retrieval_contexts`) go before the prompts.
+    ``sharded``: the model is an FSDP one, whose forward pass needs every rank. Every rank calls
+    this; each generates for its share (:func:`knowtune.train.distributed.shard`) in lockstep
+    (``synced_gpus``), the answers are gathered, and the main process scores them (None on the others).
     """
     from knowtune.recall import greedy_answers
+    from knowtune.train import distributed
 
     prompts = evaluation_prompts(tokenizer, examples, task, fewshot=fewshot, seed=seed, exemplar_pool=exemplar_pool)
     if contexts is not None:  # retrieval: passages, then the usual prompt
         prompts = [context + prompt for context, prompt in zip(contexts, prompts, strict=True)]
+    if sharded:
+        prompts = distributed.shard(prompts)
     was_training = model.training
     model.eval()
     try:
-        answers = greedy_answers(model, tokenizer, prompts, task=task, batch_size=batch_size) if prompts else []
+        answers = greedy_answers(model, tokenizer, prompts, task=task, batch_size=batch_size, synced=sharded) if prompts else []
     finally:
         model.train(was_training)
+    if sharded:
+        answers = distributed.gather_shards(answers, len(examples))
+        if not distributed.is_main():
+            return None
     return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match, judge=judge)
 
 

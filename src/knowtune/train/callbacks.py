@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from knowtune.data.schema import QAExample
 from knowtune.drift import DEFAULT_LAYER, cosine_drift, entity_states
 from knowtune.errors import ConfigError
-from knowtune.evaluate import KNOWN_GROUP, EvalResult, evaluate_examples, evaluation_prompts, flat_metrics, score_predictions
+from knowtune.evaluate import KNOWN_GROUP, evaluate_examples, flat_metrics
 from knowtune.io import atomic_write_jsonl
 from knowtune.slick.categories import CATEGORIES, KNOWN
 from knowtune.task import DEFAULT_TASK, DEFAULT_TEMPLATE, TaskSpec
@@ -164,26 +164,6 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: Mapping[str, t
         raise
 
 
-def evaluate_sharded(model, tokenizer, examples: Sequence[QAExample], *, task: TaskSpec, categories: Mapping[str, str] | None,
-                     batch_size: int) -> EvalResult | None:
-    """:func:`~knowtune.evaluate.evaluate_examples` of an FSDP model, whose forward pass needs every rank: each
-    rank generates for its share (:func:`~knowtune.train.distributed.shard`) with ``synced_gpus``, the
-    answers are gathered, and the main process scores them (None on the other ranks)."""
-    from knowtune.recall import greedy_answers
-
-    share = distributed.shard(examples)
-    was_training = model.training
-    model.eval()
-    try:
-        answers = greedy_answers(model, tokenizer, evaluation_prompts(tokenizer, share, task), task=task, batch_size=batch_size, synced=True)
-    finally:
-        model.train(was_training)
-    answers = distributed.gather_shards(answers, len(examples))
-    if not distributed.is_main():
-        return None
-    return score_predictions(examples, answers, categories=categories, idk_phrase=task.finetune.idk_phrase, match=task.match)
-
-
 def save_best(model, tokenizer, directory: Path, new_best: bool, sharded: bool) -> None:
     """Save ``model`` to ``directory`` when the main process found a new best (``new_best``); with FSDP every
     rank calls this, learns the main process's decision, and takes part in gathering the weights."""
@@ -216,7 +196,7 @@ class EpochEvalCallback(TrainerCallback):
     Prompts, their token ids, the stop rule and matching are those of ``task`` (the run's
     task spec, as its training rows): :func:`knowtune.evaluate.evaluate_examples`. ``drift`` adds the representation drift from the base model to every record.
     With FSDP (:func:`knowtune.train.distributed.shards_parameters`) it runs on every rank:
-    each generates for its share (:func:`evaluate_sharded`), and only the main process scores,
+    each generates for its share (``evaluate_examples(sharded=True)``), and only the main process scores,
     decides, writes and logs; the other ranks follow its decisions.
     """
 
@@ -260,10 +240,8 @@ class EpochEvalCallback(TrainerCallback):
         """Flat metrics of every evaluation set (``<set>/<metric>[/<group>]``) and, with a tracker, ``drift/...``."""
         record: dict[str, Any] = {}
         for name, examples in self.sets.items():
-            if self.sharded:
-                result = evaluate_sharded(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
-            else:
-                result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories, batch_size=self.batch_size)
+            result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories,
+                                       batch_size=self.batch_size, sharded=self.sharded)
             if result is not None:  # None on the ranks that only generated their share
                 record.update(flat_metrics(name, result))
         if self.drift is not None:
