@@ -339,5 +339,5 @@ def test_an_error_quoting_a_bracketed_value_prints_it_whole(capsys, tmp_path):
     config = tmp_path / "study.yaml"
     config.write_text("key_overlap:\n  key_types: [name, name]\n")
     code, _, err = run_cli(capsys, "study", "--config", config, "--out", tmp_path / "out")
-    assert code == 2 and "key_overlap.key_types" in err and "listed twice: ['name', 'name']" in err, err
+    assert code == 2 and "key_overlap.key_types" in err and "a key type is listed twice" in err and "(got ['name', 'name'])" in err, err
     assert not (tmp_path / "out").exists()

@@ -51,6 +51,7 @@ from knowtune.drift import DEFAULT_LAYER
 from knowtune.errors import KnowtuneError
 from knowtune.pretrain import PretrainConfig
 from knowtune.provenance import config_hash
+from knowtune.study.methods import distinct_choices
 from knowtune.study.workers import process_pool, single_thread, stderr_log
 from knowtune.train.config import TrainConfig
 from knowtune.world.corpus import CorpusConfig
@@ -116,11 +117,7 @@ class KeyOverlapConfig(StageConfig):
     @field_validator("key_types")
     @classmethod
     def _distinct_key_types(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("give at least one key type, e.g. [name, random]")
-        if len(set(value)) != len(value):
-            raise ValueError(f"a key type is listed twice: {value}")
-        return value
+        return distinct_choices(value, "names no key type; give at least one, e.g. [name, random]", "a key type")
 
     @field_validator("sizes")
     @classmethod
