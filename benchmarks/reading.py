@@ -4,8 +4,10 @@ On the facts its corpus never showed (``exposures.jsonl``: no gold and no distra
 store of those facts' own passages (:class:`knowtune.retrieval.RetrievalStore`) is built, and the
 model answers each question closed-book and with the top k = 1 and 2 passages before the
 fine-tuning prompt, as ``knowtune evaluate --retrieval`` does. A model that reads answers from
-the passage; one that does not scores as closed-book. Last line:
-``heldout=<n> closed_em=<x> k1_em=<x> k2_em=<x> gold_in_top1=<x> k2_vs_closed=<EM points gained>``.
+the passage; one that does not scores as closed-book. It also answers 200 fresh reading lessons
+(:mod:`knowtune.world.reading`: invented subjects, instruction form, a seed no pretraining uses)
+from their own passages. Last line:
+``heldout=<n> closed_em=<x> k1_em=<x> k2_em=<x> gold_in_top1=<x> k2_vs_closed=<EM points gained> fresh_lesson_em=<x>``.
 
     .venv/bin/python benchmarks/reading.py --model DIR [--world embedded|DIR] [--limit 300]
 """
@@ -19,8 +21,10 @@ import torch
 from knowtune.evaluate import evaluate_examples
 from knowtune.models import load
 from knowtune.pretrain import load_exposures
+from knowtune.recall import greedy_answers
 from knowtune.retrieval import RetrievalStore, retrieval_contexts
 from knowtune.world.embedded import resolve_world
+from knowtune.world.reading import reading_lessons
 
 
 def main() -> None:
@@ -44,9 +48,12 @@ def main() -> None:
         contexts = retrieval_contexts(store, asked, k)
         em[k] = evaluate_examples(model, tokenizer, asked, contexts=contexts).overall.exact_match
         gold[k] = sum(ex.answers[0] in context for ex, context in zip(asked, contexts)) / len(asked)
+    lessons = reading_lessons(world, 200, 2, seed="benchmark", qa_weight=0, instruction_weight=1)
+    answers = greedy_answers(model, tokenizer, [lesson.rsplit("\n", 1)[0] + "\n" for lesson in lessons])
+    fresh = sum(answer.strip() == lesson.rsplit("\n", 1)[1] for answer, lesson in zip(answers, lessons)) / len(lessons)
     print(f"store: {len(never)} never-seen facts; gold passage in the top 1 / 2: {gold[1]:.3f} / {gold[2]:.3f}")
     print(f"heldout={len(asked)} closed_em={closed:.3f} k1_em={em[1]:.3f} k2_em={em[2]:.3f} gold_in_top1={gold[1]:.3f} "
-          f"k2_vs_closed={100 * (em[2] - closed):+.1f}")
+          f"k2_vs_closed={100 * (em[2] - closed):+.1f} fresh_lesson_em={fresh:.3f}")
 
 
 if __name__ == "__main__":

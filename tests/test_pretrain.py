@@ -114,3 +114,21 @@ def test_renewed_reading_lessons_are_new_every_epoch_and_a_resumed_run_sees_the_
     pretrain(tiny_world(), config, out, log=lambda _: None, callbacks=[resumed])
     assert min(resumed.seen) == 1 and all(torch.equal(resumed.seen[e], seen.seen[e]) for e in resumed.seen)
     assert model_fingerprint(out) == model_fingerprint(tmp_path / "whole")
+
+
+def test_lessons_only_epochs_fill_every_block_with_lessons_then_the_corpus_returns():
+    documents = ["Q: a?\nA: b", "c is d.", "Answer the following question. e?\nf"] * 30
+    tokenizer = train_tokenizer(documents + ["x y z w"], 300)
+    lessons = lambda epoch, part: tokenizer(f"x{epoch} y{part} z w", add_special_tokens=False)["input_ids"] * 5  # noqa: E731
+    blocks = PackedBlocks(documents, tokenizer, seq_len=8, lessons=lessons, lessons_only_epochs=1)
+    corpus = {tuple(block.tolist()) for block in blocks.blocks}
+    size = len(blocks)
+    assert size == len(blocks.blocks) + blocks.lesson_count and blocks.lesson_count > 0
+    first = [tuple(blocks[i]["input_ids"].tolist()) for i in range(size)]
+    assert not corpus & set(first) and all("x0" in tokenizer.decode(list(b)) or "y" in tokenizer.decode(list(b)) for b in first)
+    blocks.set_epoch(1)
+    second = [tuple(blocks[i]["input_ids"].tolist()) for i in range(size)]
+    assert len(blocks) == size and set(second[: len(blocks.blocks)]) == corpus
+    assert not set(second[len(blocks.blocks):]) & set(first)
+    with pytest.raises(ValueError, match="reading_renew"):
+        tiny_pretrain_config(corpus={"reading_lessons_only_epochs": 1})

@@ -108,12 +108,14 @@ class PackedBlocks(torch.utils.data.Dataset):
     """The corpus as one token stream (documents joined by newlines) cut into equal blocks.
 
     ``lessons`` (renewed reading lessons, ``corpus.reading_renew``): a function from (epoch, part)
-    to the tokens of that part of the epoch's lessons. Epoch 0's part 0 makes the lesson blocks;
-    every other epoch takes parts until it fills as many (lessons vary in length), and
-    :meth:`set_epoch` (called at every epoch's start, :func:`renew_lessons_callback`) swaps them in.
+    to the tokens of that part of the epoch's lessons. Epoch 0's part 0 sets how many lesson
+    blocks every epoch adds; an epoch takes parts until it fills them (lessons vary in length),
+    and :meth:`set_epoch` (called at every epoch's start, :func:`renew_lessons_callback`) swaps
+    them in. In the first ``lessons_only_epochs`` epochs the corpus's own blocks hold lessons too.
     """
 
-    def __init__(self, documents: list[str], tokenizer, seq_len: int, lessons: Callable[[int, int], list[int]] | None = None):
+    def __init__(self, documents: list[str], tokenizer, seq_len: int, lessons: Callable[[int, int], list[int]] | None = None,
+                 lessons_only_epochs: int = 0):
         ids = tokenizer("\n".join(documents) + "\n", add_special_tokens=False)["input_ids"]
         usable = (len(ids) // seq_len) * seq_len
         if usable == 0:
@@ -121,35 +123,37 @@ class PackedBlocks(torch.utils.data.Dataset):
         self.blocks = torch.tensor(ids[:usable], dtype=torch.long).view(-1, seq_len)  # (N, T)
         self.seq_len = seq_len
         self.lessons = lessons
+        self.lessons_only_epochs = lessons_only_epochs if lessons is not None else 0
+        self.lesson_count = len(lessons(0, 0)) // seq_len if lessons is not None else 0
         self.lesson_blocks = torch.empty(0, seq_len, dtype=torch.long)
-        if lessons is not None:
-            first = lessons(0, 0)
-            self.lesson_blocks = self._blocks(first, len(first) // seq_len)
-        self.epoch = 0
-
-    def _blocks(self, ids: list[int], count: int) -> torch.Tensor:
-        return torch.tensor(ids[: count * self.seq_len], dtype=torch.long).view(count, self.seq_len)
+        self.epoch = -1
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s reading lessons (a no-op without renewed lessons)."""
         if self.lessons is not None and epoch != self.epoch:
+            count = self.lesson_count + (len(self.blocks) if epoch < self.lessons_only_epochs else 0)
             ids: list[int] = []
             for part in itertools.count():
                 ids += self.lessons(epoch, part)
-                if len(ids) >= self.lesson_blocks.numel():
+                if len(ids) >= count * self.seq_len:
                     break
-            self.lesson_blocks = self._blocks(ids, len(self.lesson_blocks))
+            self.lesson_blocks = torch.tensor(ids[: count * self.seq_len], dtype=torch.long).view(count, self.seq_len)
         self.epoch = epoch
 
     @property
     def num_tokens(self) -> int:
-        return self.blocks.numel() + self.lesson_blocks.numel()
+        """Tokens of one epoch (the corpus's blocks and the lesson blocks)."""
+        return len(self) * self.seq_len
 
     def __len__(self) -> int:
-        return self.blocks.shape[0] + self.lesson_blocks.shape[0]
+        return self.blocks.shape[0] + self.lesson_count
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        block = self.blocks[index] if index < len(self.blocks) else self.lesson_blocks[index - len(self.blocks)]
+        if len(self.lesson_blocks) == len(self):  # a lessons-only epoch
+            block = self.lesson_blocks[index]
+        else:
+            block = self.blocks[index] if index < len(self.blocks) else self.lesson_blocks[index - len(self.blocks)]
         return {"input_ids": block, "labels": block}
 
 
@@ -228,7 +232,7 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     lessons = None
     if renew:
         lessons = lambda epoch, part: lesson_tokens(first_lessons if (epoch, part) == (0, 0) else renewed_lessons(world, config.corpus, epoch, part), tokenizer)  # noqa: E731
-    dataset = PackedBlocks(documents, tokenizer, config.seq_len, lessons)
+    dataset = PackedBlocks(documents, tokenizer, config.seq_len, lessons, config.corpus.reading_lessons_only_epochs)
     model = build_model(config, tokenizer)
     steps_per_epoch = -(-len(dataset) // config.batch_size)
     total_steps = int(steps_per_epoch * config.epochs)

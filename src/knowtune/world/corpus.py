@@ -54,7 +54,7 @@ from knowtune.world.spec import World
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
 _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
-                   "reading_subjects": 0, "reading_renew": False, "statement_only_share": 0.0}
+                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -99,6 +99,9 @@ class CorpusConfig(StageConfig):
     reading_renew: bool = False
     """Render ``reading_lessons`` new lessons for every epoch, in blocks of their own, each lesson ended by EOS, so
     that none is seen twice (knowtune.pretrain); off: the lessons join the corpus once and repeat every epoch."""
+    reading_lessons_only_epochs: int = Field(0, ge=0)
+    """With ``reading_renew``: the first this many epochs train on renewed lessons only (as many blocks as a whole
+    epoch), so the model learns to read before it memorises the world; the world is then seen ``epochs`` minus this often."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
@@ -109,6 +112,8 @@ class CorpusConfig(StageConfig):
             raise ValueError("conflict_gold_share must be (low, high) with 0 <= low <= high <= 1")
         if self.statement_weight + self.qa_weight + self.instruction_weight <= 0:
             raise ValueError("at least one of statement_weight, qa_weight, instruction_weight must be > 0")
+        if self.reading_lessons_only_epochs and not (self.reading_renew and self.reading_lessons):
+            raise ValueError("reading_lessons_only_epochs needs renewed lessons: set reading_renew: true and reading_lessons > 0")
         return self
 
     @model_serializer(mode="wrap")
