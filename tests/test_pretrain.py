@@ -132,3 +132,19 @@ def test_lessons_only_epochs_fill_every_block_with_lessons_then_the_corpus_retur
     assert not set(second[len(blocks.blocks):]) & set(first)
     with pytest.raises(ValueError, match="reading_renew"):
         tiny_pretrain_config(corpus={"reading_lessons_only_epochs": 1})
+
+
+def test_adam_beta2_reaches_the_optimizer_and_is_recorded_only_when_set(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Betas(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            seen.append(optimizer.param_groups[0]["betas"])
+
+    assert "adam_beta2" not in tiny_pretrain_config().model_dump()
+    config = tiny_pretrain_config(adam_beta2=0.95, epochs=0.2)
+    pretrain(tiny_world(), config, tmp_path / "run", log=lambda _: None, callbacks=[Betas()])
+    assert seen and seen[0] == (0.9, 0.95)
+    assert "adam_beta2: 0.95" in (tmp_path / "run" / "pretrain_config.yaml").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from knowtune.config import StageConfig, save_config
 from knowtune.errors import KnowtuneError
@@ -60,8 +60,18 @@ class PretrainConfig(StageConfig):
     """Linear warmup steps."""
     weight_decay: float = Field(0.01, ge=0)
     """AdamW weight decay."""
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    """AdamW's second-moment decay (0.95 keeps steps steadier at a high learning rate)."""
     save_every_steps: int = Field(500, ge=1)
     """Checkpoint interval in steps (resume)."""
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler) -> dict:
+        """The record without keys added after the default model was built, at their defaults (its saved config is unchanged)."""
+        record = handler(self)
+        if record.get("adam_beta2") == 0.999:
+            del record["adam_beta2"]
+        return record
 
 
 def train_tokenizer(documents: list[str], vocab_size: int):
@@ -246,6 +256,7 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
         lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
         logging_steps=max(1, min(100, total_steps // 20)),
         save_strategy="steps",
         save_steps=config.save_every_steps,
