@@ -116,7 +116,7 @@ def reference(data, tmp_path_factory):
     return out
 
 
-def test_two_cpu_processes_match_one_process_then_resume(data, reference, tmp_path):
+def test_two_cpu_processes_match_one_process(data, reference, tmp_path):
     out = tmp_path / "two"
     done = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, *SETTINGS)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -128,17 +128,9 @@ def test_two_cpu_processes_match_one_process_then_resume(data, reference, tmp_pa
     ref_result = json.loads((reference / "provenance.json").read_text())["result"]
     assert json.loads((out / "provenance.json").read_text())["result"] == ref_result  # stopped together, at epoch 2
 
-    # A run killed before the checkpoint of epoch 2: resume from epoch 1's on both ranks.
+    # Every rank's RNG state is checkpointed; the resume after a kill is run by the FSDP test below (suite time).
     last = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in last.iterdir()}
-    shutil.rmtree(last)
-    shutil.rmtree(out / "model")
-    (out / "provenance.json").unlink()
-    resumed = launch_two("train", "--data", data, "--out", out, "--batch-size", 4, *SETTINGS)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "epoch 1  loss" not in resumed.stderr
-    assert_same_metrics(metrics, read_metrics(out / METRICS))
-    assert_same_weights(reference, out)
 
 
 def test_fsdp_on_two_cpu_processes_matches_one_process_then_resumes(data, reference, tmp_path):
