@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as stop:
         words = (argv if argv is not None else sys.argv[1:])[:1]
         _print_error("stopped", f"by {signal.Signals(stop.signum).name}: knowtune {' '.join(words)} kept every result it had "
-                          "stored and dropped the work in flight.\nTo resume: rerun the same command.", highlight=False, soft_wrap=True)
+                     "stored and dropped the work in flight.\nTo resume: rerun the same command.")
         sys.exit(128 + stop.signum)
     finally:
         for signum, handler in previous.items():
