@@ -113,7 +113,9 @@ def test_renewed_reading_lessons_are_new_every_epoch_and_a_resumed_run_sees_the_
     resumed = _LessonBlocksSeen()
     pretrain(tiny_world(), config, out, log=lambda _: None, callbacks=[resumed])
     assert min(resumed.seen) == 1 and all(torch.equal(resumed.seen[e], seen.seen[e]) for e in resumed.seen)
-    assert model_fingerprint(out) == model_fingerprint(tmp_path / "whole")
+    a = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # as the resume test above (bit-identical on transformers 5)
 
 
 def test_lessons_only_epochs_fill_every_block_with_lessons_then_the_corpus_returns():
