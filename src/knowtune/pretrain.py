@@ -185,6 +185,23 @@ def lesson_tokens(lessons: list[str], tokenizer) -> list[int]:
     return ids
 
 
+#: The oldest accelerate with which a resumed run with renewed lessons was checked to end as the uninterrupted one.
+RENEWED_RESUME_ACCELERATE = "1.15.0"
+
+
+def check_renewed_resume() -> None:
+    """Refuse to resume a run with renewed lessons on an accelerate older than :data:`RENEWED_RESUME_ACCELERATE`:
+    with 1.10.1 (transformers 4.56.2) the resumed run was measured to end up to 0.04 away in weight from the
+    uninterrupted one, so it would not reproduce; with 1.15 it ends bit-identical."""
+    import accelerate
+    from packaging.version import Version
+
+    if Version(accelerate.__version__) < Version(RENEWED_RESUME_ACCELERATE):
+        raise KnowtuneError(f"resuming a pretraining run with corpus.reading_renew needs accelerate >= {RENEWED_RESUME_ACCELERATE} "
+                            f"(installed: {accelerate.__version__}); with older versions the resumed run does not reproduce the uninterrupted one",
+                            fix=f"pip install 'accelerate>={RENEWED_RESUME_ACCELERATE}', or delete the run's checkpoints/ and start it afresh")
+
+
 def renew_lessons_callback(dataset: PackedBlocks):
     """A TrainerCallback that gives ``dataset`` the epoch's reading lessons as the epoch starts (and
     as a resumed run re-enters its epoch: ``state.epoch`` then holds the fraction done)."""
@@ -275,6 +292,8 @@ def pretrain(world: World, config: PretrainConfig, out_dir: str | Path, *, log: 
     trainer.remove_callback(PrinterCallback)
     last = resume_checkpoint(checkpoints, log) if resume else None
     if last is not None:
+        if renew:
+            check_renewed_resume()
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
