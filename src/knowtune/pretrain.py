@@ -134,18 +134,19 @@ class PackedBlocks(torch.utils.data.Dataset):
         self.seq_len = seq_len
         self.lessons = lessons
         self.lessons_only_epochs = lessons_only_epochs if lessons is not None else 0
-        self.lesson_count = len(lessons(0, 0)) // seq_len if lessons is not None else 0
+        first = lessons(0, 0) if lessons is not None else []
+        self.lesson_count = len(first) // seq_len
         self.lesson_blocks = torch.empty(0, seq_len, dtype=torch.long)
         self.epoch = -1
-        self.set_epoch(0)
+        self.set_epoch(0, first)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s reading lessons (a no-op without renewed lessons)."""
+    def set_epoch(self, epoch: int, first_part: list[int] | None = None) -> None:
+        """Use epoch ``epoch``'s reading lessons (a no-op without renewed lessons); ``first_part``: its part 0, already rendered."""
         if self.lessons is not None and epoch != self.epoch:
             count = self.lesson_count + (len(self.blocks) if epoch < self.lessons_only_epochs else 0)
             ids: list[int] = []
             for part in itertools.count():
-                ids += self.lessons(epoch, part)
+                ids += first_part if part == 0 and first_part is not None else self.lessons(epoch, part)
                 if len(ids) >= count * self.seq_len:
                     break
             self.lesson_blocks = torch.tensor(ids[: count * self.seq_len], dtype=torch.long).view(count, self.seq_len)
