@@ -38,3 +38,23 @@ def test_constant_input_gives_undefined_rho():
     pairs = [("Unknown", 0.0, 0), ("Unknown", 0.0, 3), ("Unknown", 0.0, 9)]
     result = validate_against_exposure(_records(pairs), _exposures(pairs))
     assert result["spearman_exposure_p0"] is None and result["spearman_exposure_category"] is None
+
+
+def test_facts_answered_by_the_question_are_counted_apart():
+    from knowtune.exposure import answer_in_question
+
+    assert answer_in_question({"question": "What is the capital of Beirut Vilayet?", "answers": ["Beirut"]})
+    assert answer_in_question({"question": "What is the capital of Gmina Kije?", "answers": ["Kije, Świętokrzyskie Voivodeship"]})
+    assert not answer_in_question({"question": "Where was Ada born?", "answers": ["London"]})
+    assert not answer_in_question({"question": "Who founded New York Times?", "answers": ["New"]})  # too short a word to tell
+    assert not answer_in_question({"id": "f0"})
+    pairs = [("Unknown", 0.0, 0), ("HighlyKnown", 1.0, 0), ("WeaklyKnown", 0.0, 3), ("MaybeKnown", 0.5, 8), ("HighlyKnown", 1.0, 40)]
+    records = _records(pairs)
+    for record in records:
+        record.update(question=f"Where is {record['id']} ?", answers=["Nowhere"])
+    records[1].update(question="What is the capital of Beirut Vilayet?", answers=["Beirut"])
+    result = validate_against_exposure(records, _exposures(pairs))
+    assert result["inferable_facts"] == 1
+    assert result["never_seen_not_unknown"] == {"inferable": {"facts": 1, "not_unknown": 1}, "not_inferable": {"facts": 1, "not_unknown": 0}}
+    assert result["spearman_exposure_category_not_inferable"] == pytest.approx(1.0)
+    assert result["spearman_exposure_category"] < 0.9

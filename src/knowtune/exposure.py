@@ -9,7 +9,11 @@ HighlyKnown > MaybeKnown > WeaklyKnown > Unknown in typical exposure. This modul
 * Spearman's rank correlation rho between exposure count and P0 over all audited facts;
 * the rank correlation between exposure and the category rank (Unknown=0 .. HighlyKnown=3);
 * the mean and median exposure per category, and whether the medians are ordered;
-* category shares per exposure bucket (the report's "categories against exposure" plot).
+* category shares per exposure bucket (the report's "categories against exposure" plot);
+* the same two rhos without the facts whose answer can be read off the question ("What is
+  the capital of Beirut Vilayet?" - "Beirut"): a model that uses its context answers those
+  without having seen them, so exposure is no ground truth for them, and how many
+  never-seen facts of each kind the audit did not call Unknown.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Iterable
 
 from scipy.stats import spearmanr
 
+from knowtune.matching import normalize_answer
 from knowtune.recall import DEFAULT_BUCKETS
 
 CATEGORY_ORDER = ("Unknown", "WeaklyKnown", "MaybeKnown", "HighlyKnown")
@@ -33,6 +38,13 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
     if len(set(x)) < 2 or len(set(y)) < 2:
         return None
     return float(spearmanr(x, y).statistic)
+
+
+def answer_in_question(record: dict[str, Any], min_length: int = 4) -> bool:
+    """Whether a word of ``min_length`` or more characters of a gold answer is a word of the question
+    (both normalised for exact match); False for a record without ``question`` or ``answers``."""
+    question = set(normalize_answer(record.get("question") or "").split())
+    return any(len(word) >= min_length and word in question for answer in record.get("answers") or () for word in normalize_answer(answer).split())
 
 
 def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict[str, dict], buckets=DEFAULT_BUCKETS) -> dict[str, Any]:
@@ -54,6 +66,10 @@ def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict
             "mean_exposures": statistics.fmean(inside) if inside else None,
             "median_exposures": statistics.median(inside) if inside else None,
         }
+    inferable = [answer_in_question(r) for r, _ in rows]
+    rest = [row for row, skip in zip(rows, inferable) if not skip]
+    never_seen = {kind: [r["category"] != "Unknown" for (r, count), skip in zip(rows, inferable) if count == 0 and skip == wanted]
+                  for kind, wanted in (("inferable", True), ("not_inferable", False))}
     medians = [per_category[c]["median_exposures"] for c in reversed(CATEGORY_ORDER) if per_category[c]["facts"]]
     by_bucket = []
     for low, high in buckets:
@@ -63,6 +79,10 @@ def validate_against_exposure(records: Iterable[dict[str, Any]], exposures: dict
         "facts": len(rows),
         "spearman_exposure_p0": rho_p0,
         "spearman_exposure_category": rho_category,
+        "inferable_facts": sum(inferable),
+        "spearman_exposure_p0_not_inferable": _spearman([c for _, c in rest], [r["p0"] for r, _ in rest]),
+        "spearman_exposure_category_not_inferable": _spearman([c for _, c in rest], [CATEGORY_ORDER.index(r["category"]) for r, _ in rest]),
+        "never_seen_not_unknown": {kind: {"facts": len(flags), "not_unknown": sum(flags)} for kind, flags in never_seen.items()},
         "per_category": per_category,
         "category_medians_ordered": all(a >= b for a, b in zip(medians, medians[1:])),
         "by_bucket": by_bucket,

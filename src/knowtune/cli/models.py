@@ -127,6 +127,11 @@ def exposure_check_command(
     console.print(f"{result['facts']:,} audited facts with ground truth")
     rho = lambda v: "undefined (constant input)" if v is None else f"{v:.3f}"  # noqa: E731
     console.print(f"Spearman rho(exposures, P0) = {rho(result['spearman_exposure_p0'])}; rho(exposures, category rank) = {rho(result['spearman_exposure_category'])}")
+    seen = result["never_seen_not_unknown"]
+    console.print(f"without the {result['inferable_facts']:,} facts whose answer is in the question: rho(exposures, P0) = "
+                  f"{rho(result['spearman_exposure_p0_not_inferable'])}; rho(exposures, category rank) = {rho(result['spearman_exposure_category_not_inferable'])}")
+    console.print("never-seen facts the audit did not call Unknown: " + "; ".join(
+        f"{kind.replace('_', ' ')} {row['not_unknown']:,} of {row['facts']:,}" for kind, row in seen.items()))
     table = Table(title="exposures per pass by SliCK category")
     for column in ("category", "facts", "mean", "median"):
         table.add_column(column, justify="right")
