@@ -21,10 +21,9 @@ import torch
 from knowtune.evaluate import evaluate_examples
 from knowtune.models import load
 from knowtune.pretrain import load_exposures
-from knowtune.recall import greedy_answers
 from knowtune.retrieval import RetrievalStore, retrieval_contexts
 from knowtune.world.embedded import resolve_world
-from knowtune.world.reading import reading_lessons
+from knowtune.world.reading import fresh_lesson_exact_match
 
 
 def main() -> None:
@@ -48,9 +47,7 @@ def main() -> None:
         contexts = retrieval_contexts(store, asked, k)
         em[k] = evaluate_examples(model, tokenizer, asked, contexts=contexts).overall.exact_match
         gold[k] = sum(ex.answers[0] in context for ex, context in zip(asked, contexts)) / len(asked)
-    lessons = reading_lessons(world, 200, 2, seed="benchmark", qa_weight=0, instruction_weight=1)
-    answers = greedy_answers(model, tokenizer, [lesson.rsplit("\n", 1)[0] + "\n" for lesson in lessons])
-    fresh = sum(answer.strip() == lesson.rsplit("\n", 1)[1] for answer, lesson in zip(answers, lessons)) / len(lessons)
+    fresh = fresh_lesson_exact_match(model, tokenizer, world, 200, seed="benchmark")
     print(f"store: {len(never)} never-seen facts; gold passage in the top 1 / 2: {gold[1]:.3f} / {gold[2]:.3f}")
     print(f"heldout={len(asked)} closed_em={closed:.3f} k1_em={em[1]:.3f} k2_em={em[2]:.3f} gold_in_top1={gold[1]:.3f} "
           f"k2_vs_closed={100 * (em[2] - closed):+.1f} fresh_lesson_em={fresh:.3f}")

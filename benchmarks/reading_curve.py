@@ -21,9 +21,8 @@ import torch
 from transformers import set_seed
 
 from knowtune.pretrain import PretrainConfig, build_model, lesson_tokens, train_tokenizer
-from knowtune.recall import greedy_answers
 from knowtune.world.embedded import resolve_world
-from knowtune.world.reading import reading_lessons
+from knowtune.world.reading import fresh_lesson_exact_match, reading_lessons
 
 SEQ_LEN, PACKED_BATCH, DOCUMENT_BATCH = 128, 16, 32
 
@@ -42,7 +41,6 @@ def main() -> None:
     world = resolve_world(args.world)
     per_step = PACKED_BATCH * SEQ_LEN // 30 if args.packed else DOCUMENT_BATCH  # lessons are ~30-50 tokens
     lessons = reading_lessons(world, per_step * args.steps, 2, seed="curve", qa_weight=0.5, instruction_weight=0.5)
-    asked = reading_lessons(world, 300, 2, seed="curve-test", qa_weight=0, instruction_weight=1)
     tokenizer = train_tokenizer(lessons[:20000], 4096)
     set_seed(0)
     model = build_model(PretrainConfig(), tokenizer)
@@ -55,8 +53,6 @@ def main() -> None:
         blocks = torch.tensor(stream[: len(stream) // SEQ_LEN * SEQ_LEN]).view(-1, SEQ_LEN)
         if len(blocks) < PACKED_BATCH * args.steps:
             raise SystemExit(f"{len(blocks)} blocks rendered, {PACKED_BATCH * args.steps} needed; lessons are longer than assumed")
-    prompts = [lesson.rsplit("\n", 1)[0] + "\n" for lesson in asked]
-    gold = [lesson.rsplit("\n", 1)[1] for lesson in asked]
     for step in range(args.steps):
         if args.packed:
             ids = blocks[step * PACKED_BATCH : (step + 1) * PACKED_BATCH]
@@ -78,9 +74,8 @@ def main() -> None:
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             model.eval()
             with torch.no_grad():
-                answers = greedy_answers(model, tokenizer, prompts)
+                em = fresh_lesson_exact_match(model, tokenizer, world, 300, seed="curve-test")
             model.train()
-            em = sum(answer.strip() == g for answer, g in zip(answers, gold)) / len(gold)
             print(f"step={step + 1} lessons={seen} loss={loss.item():.3f} fresh_lesson_em={em:.3f}", flush=True)
 
 

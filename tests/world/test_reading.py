@@ -88,3 +88,15 @@ def test_shared_subjects_are_asked_with_many_objects(world):
         answers[(relation, subject)].add(answer)
     assert len(answers) <= 20
     assert min(len(objects) for objects in answers.values()) >= 3  # a subject's answer is only in its lesson's passage
+
+
+def test_fresh_lesson_score_asks_the_question_and_checks_the_passage_answer(world):
+    from knowtune.models import load
+    from knowtune.world.reading import fresh_lesson_exact_match, split_lesson
+
+    lesson = reading_lessons(world, 1, 2, seed=3, qa_weight=0, instruction_weight=1)[0]
+    prompt, answer = split_lesson(lesson)
+    assert prompt + answer == lesson and prompt.endswith("\n") and prompt.rstrip("\n").split("\n")[-1].startswith(INSTRUCTION_PREFIX)
+    assert answer in prompt.split(INSTRUCTION_PREFIX)[0]  # the gold passage states it
+    model, tokenizer = load("default")
+    assert fresh_lesson_exact_match(model, tokenizer, world, 40, seed="test") < 0.1  # the default model does not read (docs/world.md)

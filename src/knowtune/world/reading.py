@@ -98,6 +98,22 @@ def reading_lessons(world: World, count: int, passages: int, *, seed: int | str,
     return documents
 
 
+def split_lesson(lesson: str) -> tuple[str, str]:
+    """A lesson's prompt (passages and question, up to its last newline) and its answer."""
+    prompt, answer = lesson.rsplit("\n", 1)
+    return prompt + "\n", answer
+
+
+def fresh_lesson_exact_match(model, tokenizer, world: World, count: int, *, seed: int | str) -> float:
+    """Exact match of ``model`` on ``count`` new lessons in instruction form (greedy, whole answer):
+    how well it reads a passage about a subject it cannot know (0 for a model that does not read)."""
+    from knowtune.recall import greedy_answers
+
+    prompts, gold = zip(*map(split_lesson, reading_lessons(world, count, 2, seed=seed, qa_weight=0, instruction_weight=1)))
+    answers = greedy_answers(model, tokenizer, list(prompts))
+    return sum(answer.strip() == expected for answer, expected in zip(answers, gold)) / count
+
+
 def _distractor(rng: random.Random, subjects: InventedSubjects, relations: Sequence[str], relation: str, subject: str) -> tuple[str, str]:
     """A distractor's relation and subject: the gold subject under another relation, or a
     subject of the gold relation sharing the gold subject's first or last part."""
