@@ -2,7 +2,8 @@
 
 Exact match (SliCK's rule, Gekhman et al., EMNLP 2024, arXiv 2405.05904) calls "It is Paris,
 the capital." wrong for the gold "Paris". For free-form answers knowtune can ask an
-OpenAI-compatible ``/v1/completions`` server instead (LLM-as-a-judge). Per (question, gold
+OpenAI-compatible ``/v1/completions`` server instead (LLM-as-a-judge; with ``judge.chat``, a
+``/v1/chat/completions`` one, the prompt sent as the user message). Per (question, gold
 answers, answer):
 
 1. an answer that normalises to nothing is wrong, and one that equals a normalised gold alias
@@ -135,7 +136,7 @@ class Judge:
                                     concurrency=s.concurrency, request_timeout=s.request_timeout, max_retries=s.max_retries)
             self._client = CompletionsClient(served)
             self._client.connect()
-        requests = [CompletionRequest(prompt=p, max_tokens=self.settings.max_tokens, stop="\n", route=i) for i, p in enumerate(prompts)]
+        requests = [CompletionRequest(prompt=p, max_tokens=self.settings.max_tokens, stop="\n", route=i, chat=self.settings.chat) for i, p in enumerate(prompts)]
         return [choices[0] if choices else "" for choices in self._client.complete(requests)]
 
     def close(self) -> None:

@@ -93,7 +93,8 @@ def _judge_prompt(value: str) -> str:
 
 
 class JudgeSettings(StageConfig):
-    """The answer judge of ``method: judge``: an OpenAI-compatible ``/v1/completions`` server (:mod:`knowtune.judge`)."""
+    """The answer judge of ``method: judge``: an OpenAI-compatible ``/v1/completions`` server, or with ``chat`` a
+    ``/v1/chat/completions`` one (:mod:`knowtune.judge`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -105,6 +106,9 @@ class JudgeSettings(StageConfig):
     """The judge's prompt ({question}, {gold}: the gold aliases joined by ' / ', {answer}); its reply starts with yes or no."""
     max_tokens: int = Field(default=4, ge=1)
     """Tokens of the judge's reply (only its first word is read)."""
+    chat: bool = False
+    """Send the prompt as one user message to /v1/chat/completions (the server applies its chat template): for instruct
+    models served as chat models, and APIs without /v1/completions. Recorded in the protocol when on."""
     api_key_env: str | None = None
     """Name of the environment variable holding the judge server's API key."""
     concurrency: int = Field(default=8, ge=1)
@@ -168,7 +172,7 @@ class MatchConfig(StageConfig):
         if self.method != "judge":
             record.pop("judge", None)
         elif self.judge is not None:
-            record["judge"] = {key: record["judge"][key] for key in JUDGE_PROTOCOL_KEYS}
+            record["judge"] = {key: record["judge"][key] for key in JUDGE_PROTOCOL_KEYS} | ({"chat": True} if self.judge.chat else {})
         return record
 
 

@@ -71,6 +71,17 @@ def test_judge_verdicts_calls_and_cache(judge_url, tmp_path):
     assert served(judge_url) - before == 5
 
 
+def test_a_chat_judge_asks_chat_completions_and_is_another_judge(judge_url, tmp_path):
+    before = httpx.get(judge_url.removesuffix("/v1") + "/count").json()
+    chat = judged(judge_url, chat=True)
+    assert chat.protocol_record()["judge"]["chat"] is True and "chat" not in judged(judge_url).protocol_record()["judge"]
+    judge = open_judge(chat, tmp_path / "cache.sqlite")
+    assert judge.verdicts(ITEMS) == [True, False, True, False, False, True]
+    assert (judge.calls, judge.unclear) == (4, 1)
+    after = httpx.get(judge_url.removesuffix("/v1") + "/count").json()
+    assert (after["chat"] - before["chat"], after["completions"] - before["completions"]) == (4, 0)
+
+
 def test_reply_reading():
     assert [read_verdict(r) for r in (" Yes.", "no", "TRUE", " incorrect!", "maybe", "", "Yes, it is")] == [True, False, True, False, None, None, True]
     cache = VerdictCache()

@@ -50,9 +50,12 @@ class CompletionRequest:
     seed: int | None = None
     route: int = 0
     prompt_tokens: int | None = None
+    chat: bool = False
+    """Ask ``/v1/chat/completions`` with ``prompt`` as the one user message (the server applies its chat template)."""
 
     def body(self, model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "prompt": self.prompt, "max_tokens": self.max_tokens, "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop),
+        text = {"messages": [{"role": "user", "content": self.prompt}]} if self.chat else {"prompt": self.prompt}
+        body: dict[str, Any] = {"model": model, **text, "max_tokens": self.max_tokens, "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop),
                                 "n": self.n, "temperature": self.temperature, "top_p": 1.0, "stream": False}
         if self.temperature > 0:
             body.update(min_p=0.0, typical_p=1.0, repeat_penalty=1.0)  # llama.cpp's other samplers off (vLLM's are off by default)
@@ -188,8 +191,10 @@ class CompletionsClient:
         return await self._with_retries(order, lambda server: self._completion(server, request, model))
 
     async def _completion(self, server: _Server, request: CompletionRequest, model: str) -> list[str]:
-        data = await self._post_once(server, "POST", server.base + "/completions", request.body(model))
+        data = await self._post_once(server, "POST", server.base + ("/chat/completions" if request.chat else "/completions"), request.body(model))
         choices = data.get("choices") if isinstance(data, dict) else None
+        if isinstance(choices, list) and request.chat:
+            choices = [{"index": c.get("index", 0), "text": (c.get("message") or {}).get("content")} if isinstance(c, dict) else c for c in choices]
         if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
             raise RetryableError("a response without completion choices (truncated?)")
         if len(choices) != request.n:
