@@ -293,3 +293,48 @@ def test_dropout_reaches_the_attention_modules(tiny_pretrained):
     ids = torch.tensor([[5, 17, 42, 99, 7, 8]])
     with torch.no_grad():
         assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+class _FirstBatch(TrainerCallback):
+    """Keeps the decoded first training batch, as the Trainer's dataloader yields it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, None
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        batch = next(iter(train_dataloader))
+        self.texts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+
+
+def test_retrieval_fine_tunes_and_evaluates_with_the_passages_before_each_prompt(tiny_pretrained, tmp_path):
+    from knowtune.retrieval import RetrievalStore, retrieval_contexts
+
+    train, dev, _, categories = _data()
+    world = tiny_world()
+    store_dir = RetrievalStore.build(world.examples, world.relations).save(tmp_path / "store")
+    store = RetrievalStore.load(store_dir)
+    _, tokenizer = load(tiny_pretrained)
+    contexts = retrieval_contexts(store, train, 2)
+    assert all(ex.answers[0] in context for ex, context in zip(train, contexts) if ex.answers[0] != IDK)  # every fact's passage is retrieved
+    for ex, context, row in zip(train, contexts, build_sft_rows(train, tokenizer, contexts=contexts)):
+        n_prompt = len(tokenizer(context + DEFAULT_TASK.finetune.template.replace("{question}", ex.question))["input_ids"])
+        assert row["labels"][:n_prompt] == [-100] * n_prompt  # no loss on the passages
+        assert tokenizer.decode(row["input_ids"][n_prompt:]) == ex.answers[0] + "\n"
+
+    seen = _FirstBatch(tokenizer)
+    config = TrainConfig(**{**FAST, "epochs": 1, "retrieval": str(store_dir), "retrieval_k": 1})
+    train_model(config, tiny_pretrained, Splits(train[:4], dev), categories=categories, out_dir=tmp_path / "run", callbacks=[seen], log=lambda _: None)
+    first = {ex.question: retrieval_contexts(store, [ex], 1)[0] for ex in train[:4]}
+    assert seen.texts and all(any(text.startswith(first[q] + DEFAULT_TASK.finetune.template.replace("{question}", q)) for q in first) for text in seen.texts)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["retrieval"]["k"] == 1 and run["retrieval"]["passages"] == len(world.examples) and run["config"]["retrieval"] == str(store_dir)
+    assert "retrieval" not in TrainConfig().model_dump() and "retrieval_k" not in TrainConfig().model_dump()  # earlier runs resume as they were
+
+    evaluator = EpochEvalCallback(tokenizer, metrics_path=tmp_path / "m.jsonl", dev=dev, contexts=lambda examples: retrieval_contexts(store, examples, 1))
+    assert evaluator.contexts["dev"] == retrieval_contexts(store, evaluator.sets["dev"], 1)
+
+    RetrievalStore.build(world.examples[:10], world.relations).save(tmp_path / "store")  # another store at the same path
+    with pytest.raises(KnowtuneError, match="retrieval differ"):
+        train_model(config, tiny_pretrained, Splits(train[:4], dev), categories=categories, out_dir=tmp_path / "run", log=lambda _: None)
+    with pytest.raises(ValueError, match="use method: sft with retrieval"):
+        TrainConfig(method="selfdistill", retrieval=str(store_dir))

@@ -195,6 +195,7 @@ class EpochEvalCallback(TrainerCallback):
     model is saved there. ``every_epoch=False`` evaluates only before and after training.
     Prompts, their token ids, the stop rule and matching are those of ``task`` (the run's
     task spec, as its training rows): :func:`knowtune.evaluate.evaluate_examples`. ``drift`` adds the representation drift from the base model to every record.
+    ``contexts`` (examples -> one passages block each, the run's retrieval) puts passages before every prompt, as in training.
     With FSDP (:func:`knowtune.train.distributed.shards_parameters`) it runs on every rank:
     each generates for its share (``evaluate_examples(sharded=True)``), and only the main process scores,
     decides, writes and logs; the other ranks follow its decisions.
@@ -218,12 +219,14 @@ class EpochEvalCallback(TrainerCallback):
         best_dir: str | Path | None = None,
         every_epoch: bool = True,
         drift: DriftTracker | None = None,
+        contexts: Callable[[Sequence[QAExample]], list[str]] | None = None,
         log: Callable[[str], None] = print,
     ):
         self.tokenizer = tokenizer
         self.metrics_path = Path(metrics_path)
         given = {"train": train, "dev": dev, "test": test, "ood": ood}
         self.sets = {name: eval_subset(given[name], max_examples, seed) for name in EVAL_SETS if given[name]}
+        self.contexts = {name: contexts(examples) for name, examples in self.sets.items()} if contexts is not None else {}
         self.categories = categories
         self.task = task
         self.batch_size = batch_size
@@ -241,7 +244,7 @@ class EpochEvalCallback(TrainerCallback):
         record: dict[str, Any] = {}
         for name, examples in self.sets.items():
             result = evaluate_examples(model, self.tokenizer, examples, task=self.task, categories=self.categories,
-                                       batch_size=self.batch_size, sharded=self.sharded)
+                                       batch_size=self.batch_size, sharded=self.sharded, contexts=self.contexts.get(name))
             if result is not None:  # None on the ranks that only generated their share
                 record.update(flat_metrics(name, result))
         if self.drift is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.drift import DEFAULT_LAYER
@@ -96,6 +96,10 @@ class DriftSettings(StageConfig):
         return value
 
 
+#: Fields added after version 1, left out of a dump at these defaults so saved run configs stay as they were.
+_ADDED_DEFAULTS = {"retrieval": None, "retrieval_k": 2}
+
+
 class TrainConfig(StageConfig):
     """Settings of one fine-tuning run (see docs/train.md for each key)."""
 
@@ -157,6 +161,10 @@ class TrainConfig(StageConfig):
     """Track the representation drift of held-out entities every epoch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto (CUDA when available), cpu or cuda."""
+    retrieval: str | None = None
+    """A retrieval store (knowtune.retrieval): every training and evaluation prompt gets its question's top passages first (docs/train.md)."""
+    retrieval_k: int = Field(2, ge=1)
+    """Passages retrieved per question with retrieval."""
 
     @field_validator("train_only")
     @classmethod
@@ -179,6 +187,22 @@ class TrainConfig(StageConfig):
             if self.padding_side != "right":
                 raise ValueError("selfdistill.cache_teacher pads batches on the right: set padding_side: right")
         return self
+
+    @model_validator(mode="after")
+    def _retrieval_method(self) -> "TrainConfig":
+        if self.retrieval is not None and self.method == "selfdistill":
+            raise ValueError("retrieval fine-tunes with passages before each prompt; the self-distillation teacher is made and asked "
+                             "without them: use method: sft with retrieval")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler) -> dict:
+        """The record without the fields added after version 1 at their defaults (saved runs resume as they were)."""
+        record = handler(self)
+        for key, default in _ADDED_DEFAULTS.items():
+            if key in record and record[key] == default:
+                del record[key]
+        return record
 
     @model_validator(mode="after")
     def _needs_evaluation(self) -> "TrainConfig":

@@ -56,7 +56,7 @@ def training_task(config: TrainConfig) -> TaskSpec:
 
 
 def build_sft_rows(
-    examples: Sequence[QAExample], tokenizer, task: TaskSpec = DEFAULT_TASK, *, terminator: str = "newline"
+    examples: Sequence[QAExample], tokenizer, task: TaskSpec = DEFAULT_TASK, *, terminator: str = "newline", contexts: Sequence[str] | None = None
 ) -> list[dict[str, list[int]]]:
     """``input_ids`` = prompt + answer + terminator, ``labels`` = -100 on the prompt, ids on the rest.
 
@@ -65,12 +65,17 @@ def build_sft_rows(
     adds one); the answer is tokenized separately without special tokens, so the label
     boundary is exact. The target is ``finetune.answer_prefix`` + the first gold answer: with
     a byte-level BPE, ``" Paris"`` after ``"?"`` and ``"Paris"`` after a newline are different
-    tokens, and the prefix picks the one the base model learned its facts in.
+    tokens, and the prefix picks the one the base model learned its facts in. ``contexts`` (one
+    text per example: retrieved passages, :func:`knowtune.retrieval.retrieval_contexts`) go
+    before the prompts, as evaluation puts them, and are part of the prompt (no loss on them).
     """
     if terminator == "eos" and tokenizer.eos_token_id is None:
         raise ConfigError("answer_terminator is eos but the tokenizer has no EOS token", fix="set answer_terminator: newline")
     encoder = task.prompts(tokenizer)
-    prompts = encoder.encode([encoder.finetune(ex.question) for ex in examples])
+    texts = [encoder.finetune(ex.question) for ex in examples]
+    if contexts is not None:
+        texts = [context + text for context, text in zip(contexts, texts, strict=True)]
+    prompts = encoder.encode(texts)
     suffix = "\n" if terminator == "newline" else ""
     answers = encoder.encode_answers([task.finetune.answer_prefix + ex.answers[0] + suffix for ex in examples])
     rows = []
@@ -377,18 +382,21 @@ def train_model(
         drift_examples = select_drift_examples(drift.split, splits[drift.split], categories, drift.categories, drift.max_examples, config.seed)
     run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
            "data_hash": _data_hash(*(examples for _, examples in splits.items())), "categories_hash": config_hash(sorted((categories or {}).items()))}
+    task = training_task(config)
+    contexts = None
+    if config.retrieval is not None:
+        contexts, run["retrieval"] = _retrieval(config, task)
     if resume and _check_resumable(out_dir, run):
         log(f"{out_dir} already holds this finished run")
         return _load_finished(out_dir)
     distributed.barrier()  # every rank has read run.json before the main process rewrites it
 
     model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, splits.train, categories, out_dir, run, resume, log, drift_examples)
-    task = training_task(config)
-    rows = build_sft_rows(splits.train, tokenizer, task, terminator=config.answer_terminator)
+    rows = build_sft_rows(splits.train, tokenizer, task, terminator=config.answer_terminator, contexts=contexts(splits.train) if contexts else None)
     evaluator = EpochEvalCallback(
         tokenizer, metrics_path=out_dir / METRICS_FILE, **dict(splits.items()), categories=categories, task=task,
         batch_size=config.eval_batch_size, max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
-        best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, log=log,
+        best_dir=out_dir / "best" if config.save_best else None, every_epoch=config.eval_every_epoch, drift=tracker, contexts=contexts, log=log,
     )
     if config.method == "selfdistill" and config.selfdistill.cache_teacher:
         rows, teacher = _with_cached_teacher(config, teacher, tokenizer, rows, out_dir, log), None
@@ -408,6 +416,17 @@ def train_model(
     result = _finish(config, trainer.model, tokenizer, evaluator, out_dir, run, trainable, splits.counts(), weights)
     distributed.barrier()
     return result
+
+
+def _retrieval(config: TrainConfig, task: TaskSpec) -> tuple[Callable[[Sequence[QAExample]], list[str]], dict[str, Any]]:
+    """``retrieval``: examples -> their passages blocks, and the run's ``retrieval`` record (the store's
+    path, size, k and a hash of its ``store.json``, so a rebuilt store is another run)."""
+    from knowtune.retrieval import RetrievalStore, retrieval_contexts, retrieval_provenance
+
+    store = RetrievalStore.load(config.retrieval)
+    retrieval_contexts(store, [], config.retrieval_k, task)  # refuses a chat-template task before any model loads
+    record = {**retrieval_provenance(config.retrieval, store, config.retrieval_k), "store_hash": config_hash(store.record)}
+    return (lambda examples: retrieval_contexts(store, examples, config.retrieval_k)), record
 
 
 def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
