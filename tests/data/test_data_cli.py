@@ -58,3 +58,16 @@ def test_overlap_without_templates_is_a_usage_error(capsys, write):
 def test_help(capsys, args):
     code, out, _ = run(capsys, *args)
     assert code == 0 and "check" in out and "Validate" in out
+
+
+def test_data_store_indexes_a_dataset_for_retrieval(tmp_path, capsys):
+    from knowtune.retrieval import RetrievalStore
+
+    code, out, _ = run_cli(capsys, "data", "store", "embedded", "--split", "dev", "--out", tmp_path / "store")
+    assert code == 0 and "360 passages (statement)" in out
+    store = RetrievalStore.load(tmp_path / "store")
+    best = store.search(["Where is Savannah located?"], k=1)[0][0]
+    assert best.text == "Savannah is located in Denton County." and len(store.passages) == 360
+    assert not list(tmp_path.glob(".*partial"))
+    code, _, err = run_cli(capsys, "data", "store", "embedded", "--out", tmp_path / "store")
+    assert code == 2 and "not an empty directory" in err

@@ -1,7 +1,8 @@
-"""``knowtune data ...``: inspect QA datasets without writing anything."""
+"""``knowtune data ...``: inspect QA datasets without writing anything, and index one as a retrieval store."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -60,6 +61,40 @@ def check(
     console.print(_counts_table(kept, splits=(split.value,) if split else SPLITS))
     if report.steps:
         console.print(_filter_table(report))
+
+
+@data_app.command("store")
+def store(
+    path: str = typer.Argument(..., help="A dataset (as for `data check`), or `embedded`: its facts become the store's passages."),
+    out: Path = typer.Option(..., "--out", help="The store directory to write (new or empty)."),
+    split: Optional[SplitChoice] = typer.Option(None, "--split", help="Index only this split [every split]."),
+    question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
+    relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
+    split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
+) -> None:
+    """Index a dataset's facts as a BM25 retrieval store, one passage per fact, for `evaluate --retrieval` and
+    `train --retrieval` (docs/train.md). A knowtune world's facts are written as statements, others as `Q: ... A: ...`."""
+    from knowtune.data.formats import DataFields
+    from knowtune.errors import KnowtuneError
+    from knowtune.retrieval import RetrievalStore, relation_specs
+    from knowtune.world.embedded import resolve_data_path
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KnowtuneError(f"{out} exists and is not an empty directory", fix="pass a new --out directory")
+    fields = DataFields(question=question_field, answer=answer_field, relation=relation_field, split=split_field, id=id_field)
+    examples = load_examples(resolve_data_path(path), fields=fields)
+    if split is not None:
+        examples = [example for example in examples if example.split == split.value]
+    built = RetrievalStore.build(examples, relation_specs(path), settings={"split": split.value if split else None}, source={"data": str(path)})
+    partial = out.with_name(f".{out.name}.partial")  # renamed into place when complete: a crash leaves no half store at --out
+    shutil.rmtree(partial, ignore_errors=True)
+    built.save(partial)
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
+    Console(highlight=False).print(f"{out}: a retrieval store of {len(examples):,} passages ({built.record['passage_kind']})", soft_wrap=True)
 
 
 def _templates(path: Path, templates: Path | None) -> dict[str, str] | None:
