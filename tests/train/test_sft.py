@@ -338,3 +338,27 @@ def test_retrieval_fine_tunes_and_evaluates_with_the_passages_before_each_prompt
         train_model(config, tiny_pretrained, Splits(train[:4], dev), categories=categories, out_dir=tmp_path / "run", log=lambda _: None)
     with pytest.raises(ValueError, match="use method: sft with retrieval"):
         TrainConfig(method="selfdistill", retrieval=str(store_dir))
+    with pytest.raises(ValueError, match="set retrieval to a store too"):
+        TrainConfig(retrieval_oracle_share=0.5)
+
+
+def test_retrieval_oracle_share_keeps_a_seeded_share_of_questions_own_passages(tiny_pretrained, tmp_path):
+    from knowtune.retrieval import RetrievalStore
+    from knowtune.train.sft import _retrieval
+
+    train, dev, _, categories = _data()
+    world = tiny_world()
+    store_dir = str(RetrievalStore.build(world.examples, world.relations).save(tmp_path / "store"))
+    own = {p.id: p.text for p in RetrievalStore.load(store_dir).passages}
+    config = TrainConfig(retrieval=store_dir, retrieval_k=2, retrieval_oracle_share=0.5)
+    blocks, evaluation, record = _retrieval(config, DEFAULT_TASK, train)
+    with_own = [own[ex.id] in block for ex, block in zip(train, blocks)]
+    assert 0 < sum(with_own) < len(train) and record["oracle_questions"] == sum(with_own)
+    assert all(block.count("\n") <= 2 for block in blocks) and sum(block.count("\n") == 2 for block in blocks) > len(train) // 2  # k at most; a distractor takes the own passage's place
+    assert all(own[ex.id] in block for ex, block in zip(train, evaluation(train)))  # evaluation: plain top k
+    assert _retrieval(config, DEFAULT_TASK, train)[0] == blocks  # seeded
+    assert not any(own[ex.id] in block for ex, block in zip(train, _retrieval(config.model_copy(update={"retrieval_oracle_share": 0.0}), DEFAULT_TASK, train)[0]))
+    other = str(RetrievalStore.build(dev, world.relations).save(tmp_path / "dev-store"))
+    with pytest.raises(ConfigError, match="no training fact is in the store"):
+        train_model(config.model_copy(update={"retrieval": other}), tiny_pretrained, Splits(train, dev), categories=categories, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

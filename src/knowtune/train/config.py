@@ -97,7 +97,7 @@ class DriftSettings(StageConfig):
 
 
 #: Fields added after version 1, left out of a dump at these defaults so saved run configs stay as they were.
-_ADDED_DEFAULTS = {"retrieval": None, "retrieval_k": 2}
+_ADDED_DEFAULTS = {"retrieval": None, "retrieval_k": 2, "retrieval_oracle_share": None}
 
 
 class TrainConfig(StageConfig):
@@ -165,6 +165,9 @@ class TrainConfig(StageConfig):
     """A retrieval store (knowtune.retrieval): every training and evaluation prompt gets its question's top passages first (docs/train.md)."""
     retrieval_k: int = Field(2, ge=1)
     """Passages retrieved per question with retrieval."""
+    retrieval_oracle_share: float | None = Field(None, ge=0, le=1)
+    """With retrieval, training questions whose own passage may be among theirs (a seeded draw per question); the others get the top k without it
+    (RAFT, Zhang et al. 2024). Default: every question its top k, as at answer time. Needs the training facts in the store."""
 
     @field_validator("train_only")
     @classmethod
@@ -193,6 +196,8 @@ class TrainConfig(StageConfig):
         if self.retrieval is not None and self.method == "selfdistill":
             raise ValueError("retrieval fine-tunes with passages before each prompt; the self-distillation teacher is made and asked "
                              "without them: use method: sft with retrieval")
+        if self.retrieval_oracle_share is not None and self.retrieval is None:
+            raise ValueError("retrieval_oracle_share shapes the passages of retrieval: set retrieval to a store too")
         return self
 
     @model_serializer(mode="wrap")

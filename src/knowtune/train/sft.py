@@ -383,16 +383,16 @@ def train_model(
     run = {"config": config.model_dump(mode="json"), "base_model": str(model_spec), "base_model_fingerprint": fingerprint_of(model_spec),
            "data_hash": _data_hash(*(examples for _, examples in splits.items())), "categories_hash": config_hash(sorted((categories or {}).items()))}
     task = training_task(config)
-    contexts = None
+    train_contexts = contexts = None
     if config.retrieval is not None:
-        contexts, run["retrieval"] = _retrieval(config, task)
+        train_contexts, contexts, run["retrieval"] = _retrieval(config, task, splits.train)
     if resume and _check_resumable(out_dir, run):
         log(f"{out_dir} already holds this finished run")
         return _load_finished(out_dir)
     distributed.barrier()  # every rank has read run.json before the main process rewrites it
 
     model, tokenizer, teacher, trainable, tracker = _setup(config, model_spec, splits.train, categories, out_dir, run, resume, log, drift_examples)
-    rows = build_sft_rows(splits.train, tokenizer, task, terminator=config.answer_terminator, contexts=contexts(splits.train) if contexts else None)
+    rows = build_sft_rows(splits.train, tokenizer, task, terminator=config.answer_terminator, contexts=train_contexts)
     evaluator = EpochEvalCallback(
         tokenizer, metrics_path=out_dir / METRICS_FILE, **dict(splits.items()), categories=categories, task=task,
         batch_size=config.eval_batch_size, max_examples=config.max_eval_examples, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
@@ -418,15 +418,31 @@ def train_model(
     return result
 
 
-def _retrieval(config: TrainConfig, task: TaskSpec) -> tuple[Callable[[Sequence[QAExample]], list[str]], dict[str, Any]]:
-    """``retrieval``: examples -> their passages blocks, and the run's ``retrieval`` record (the store's
-    path, size, k and a hash of its ``store.json``, so a rebuilt store is another run)."""
-    from knowtune.retrieval import RetrievalStore, retrieval_contexts, retrieval_provenance
+def _retrieval(config: TrainConfig, task: TaskSpec, train: Sequence[QAExample]):
+    """``retrieval``: the training examples' passages blocks, the evaluation's (examples -> blocks: each
+    question's top k), and the run's ``retrieval`` record (the store's path, size, k, a hash of its
+    ``store.json``, so a rebuilt store is another run, and with ``retrieval_oracle_share`` how many
+    training questions were given their own passage)."""
+    import random
+
+    from knowtune.retrieval import RetrievalStore, context_text, retrieval_contexts, retrieval_provenance
 
     store = RetrievalStore.load(config.retrieval)
-    retrieval_contexts(store, [], config.retrieval_k, task)  # refuses a chat-template task before any model loads
-    record = {**retrieval_provenance(config.retrieval, store, config.retrieval_k), "store_hash": config_hash(store.record)}
-    return (lambda examples: retrieval_contexts(store, examples, config.retrieval_k)), record
+    k = config.retrieval_k
+    retrieval_contexts(store, [], k, task)  # refuses a chat-template task before any model loads
+    record = {**retrieval_provenance(config.retrieval, store, k), "store_hash": config_hash(store.record)}
+    share = config.retrieval_oracle_share
+    if share is None:
+        return retrieval_contexts(store, train, k), (lambda examples: retrieval_contexts(store, examples, k)), record
+    stored = {passage.id for passage in store.passages}
+    if not any(ex.id in stored for ex in train):
+        raise ConfigError(f"retrieval_oracle_share: no training fact is in the store {config.retrieval} (by example id)",
+                          fix="build the store from the training facts too (`knowtune data store`), or leave retrieval_oracle_share unset")
+    oracle = [random.Random(f"{config.seed}-oracle-{ex.id}").random() < share for ex in train]
+    found = store.search([ex.question for ex in train], k + 1)
+    blocks = [context_text(top[:k] if keep else [p for p in top if p.id != ex.id][:k]) for ex, top, keep in zip(train, found, oracle)]
+    record["oracle_questions"] = sum(oracle)
+    return blocks, (lambda examples: retrieval_contexts(store, examples, k)), record
 
 
 def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
