@@ -102,6 +102,9 @@ CASES = [
     ("train-unknown-config-key", "train --data embedded --config {D}/data/unknown-key.yaml --out {OUT}", ["nosuchkey"]),
     ("train-out-is-a-file", "train --data embedded --out {D}/a-file", ["a-file exists and is not a directory"]),
     ("train-out-under-a-file", "train --data embedded --out {D}/a-file/run", ["a-file is a file"]),
+    ("train-retrieval-not-a-store", "train --data embedded --retrieval {D}/nowhere --out {OUT}", ["nowhere: not a retrieval store", "store.json is missing"]),
+    ("train-oracle-share-without-store", "train --data embedded --retrieval-oracle-share 0.5 --out {OUT}", ["set retrieval to a store too"]),
+    ("data-store-out-is-a-file", "data store embedded --out {D}/a-file", ["a-file exists and is not an empty directory"]),
     # -- curate -----------------------------------------------------------------------------------
     ("curate-missing-annotations", "curate --annotations {D}/nowhere --out {OUT}", ["nowhere: annotation directory not found"]),
     ("curate-malformed-annotations", "curate --annotations {D}/bad-audit --out {OUT}", ["bad-audit/annotations.jsonl:1", "Sorta"]),
