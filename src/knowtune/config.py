@@ -10,10 +10,10 @@ others. Each field's description (its attribute docstring) is its flag's help
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from knowtune.errors import ConfigError
 
@@ -34,6 +34,17 @@ class StageConfig(BaseModel):
     the string under a field (its attribute docstring) is its description and its CLI flag's help."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), use_attribute_docstrings=True)
+    #: Fields added after a config was first saved by users, left out of its dump while at these defaults, so saved
+    #: configs (and the run and protocol hashes made of them) stay as they were.
+    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_added_defaults(self, handler) -> dict[str, Any]:
+        record = handler(self)
+        for key, default in self.ADDED_DEFAULTS.items():
+            if key in record and record[key] == default:
+                del record[key]
+        return record
 
 
 def load_config(cls: type[ConfigT], path: str | Path | None = None, overrides: dict[str, Any] | None = None,

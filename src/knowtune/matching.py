@@ -57,7 +57,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, model_serializer, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from knowtune.config import StageConfig
 
@@ -97,6 +97,7 @@ class JudgeSettings(StageConfig):
     ``/v1/chat/completions`` one (:mod:`knowtune.judge`)."""
 
     model_config = ConfigDict(frozen=True)
+    ADDED_DEFAULTS = {"chat": False}  # added after the judge first shipped
 
     base_url: list[str]
     """Judge server base URL, e.g. http://127.0.0.1:8081/v1 (repeat for replicas)."""
@@ -127,6 +128,7 @@ class MatchConfig(StageConfig):
     """
 
     model_config = ConfigDict(frozen=True)
+    ADDED_DEFAULTS = {"method": "exact", "f1_threshold": 0.5, "judge": None}  # post-version-1 fields (module docstring)
 
     nfkc: bool = True
     """Unicode NFKC normalisation."""
@@ -154,14 +156,6 @@ class MatchConfig(StageConfig):
                              "(--judge-url http://HOST:PORT/v1 --judge-model NAME)")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler) -> dict[str, Any]:
-        """The record without the post-version-1 fields at their defaults (module docstring)."""
-        record = handler(self)
-        for key, default in _ADDED_DEFAULTS.items():
-            if key in record and record[key] == default:
-                del record[key]
-        return record
 
     def protocol_record(self) -> dict[str, Any]:
         """What decides a verdict: the normalisation, the method and its own settings only
@@ -176,7 +170,6 @@ class MatchConfig(StageConfig):
         return record
 
 
-_ADDED_DEFAULTS: dict[str, Any] = {"method": "exact", "f1_threshold": 0.5, "judge": None}
 DEFAULT_MATCH = MatchConfig()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.drift import DEFAULT_LAYER
@@ -102,6 +102,8 @@ _ADDED_DEFAULTS = {"retrieval": None, "retrieval_k": 2, "retrieval_oracle_share"
 
 class TrainConfig(StageConfig):
     """Settings of one fine-tuning run (see docs/train.md for each key)."""
+
+    ADDED_DEFAULTS = _ADDED_DEFAULTS
 
     method: Literal["sft", "selfdistill"] = "sft"
     """sft (plain fine-tuning) or selfdistill (cross-entropy plus a KL term to a teacher)."""
@@ -200,14 +202,6 @@ class TrainConfig(StageConfig):
             raise ValueError("retrieval_oracle_share shapes the passages of retrieval: set retrieval to a store too")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler) -> dict:
-        """The record without the fields added after version 1 at their defaults (saved runs resume as they were)."""
-        record = handler(self)
-        for key, default in _ADDED_DEFAULTS.items():
-            if key in record and record[key] == default:
-                del record[key]
-        return record
 
     @model_validator(mode="after")
     def _needs_evaluation(self) -> "TrainConfig":

@@ -46,7 +46,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.world.spec import World
@@ -59,6 +59,8 @@ _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_bo
 
 class CorpusConfig(StageConfig):
     """How often, and in which forms, the pretraining corpus shows each fact."""
+
+    ADDED_DEFAULTS = _ADDED_DEFAULTS
 
     seed: int = 0
     """Seed of the exposure schedule and the corpus order."""
@@ -116,14 +118,6 @@ class CorpusConfig(StageConfig):
             raise ValueError("reading_lessons_only_epochs needs renewed lessons: set reading_renew: true and reading_lessons > 0")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler) -> dict:
-        """The record without the open-book fields at their defaults (the default model's saved config is unchanged)."""
-        record = handler(self)
-        for key, default in _ADDED_DEFAULTS.items():
-            if key in record and record[key] == default:
-                del record[key]
-        return record
 
 
 @dataclass(frozen=True)
