@@ -21,6 +21,11 @@ app.add_typer(data_app, name="data")
 
 TEMPLATES_NAME = "relation_query_templates.json"
 SplitChoice = Enum("SplitChoice", {name: name for name in SPLITS}, type=str)  # --split choices
+QUESTION_FIELD = typer.Option(None, "--question-field", help="Record key holding the question [question].")
+ANSWER_FIELD = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer].")
+RELATION_FIELD = typer.Option(None, "--relation-field", help="Record key holding the relation [relation].")
+SPLIT_FIELD = typer.Option(None, "--split-field", help="Record key holding the split [split].")
+ID_FIELD = typer.Option(None, "--id-field", help="Record key holding the example id [id].")
 
 
 @data_app.command("check")
@@ -30,11 +35,11 @@ def check(
     drop_multi_answer: bool = typer.Option(False, "--drop-multi-answer", help="Drop examples with more than one gold answer (as the paper does)."),
     drop_test_overlap: bool = typer.Option(False, "--drop-test-overlap", help="Drop train examples whose subject is also a test subject (as the paper does)."),
     templates: Optional[Path] = typer.Option(None, "--templates", help=f"Relation question templates; default: {TEMPLATES_NAME} inside PATH when it is a folder."),
-    question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
-    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
-    relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
-    split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
+    question_field: Optional[str] = QUESTION_FIELD,
+    answer_field: Optional[str] = ANSWER_FIELD,
+    relation_field: Optional[str] = RELATION_FIELD,
+    split_field: Optional[str] = SPLIT_FIELD,
+    id_field: Optional[str] = ID_FIELD,
     model: Optional[str] = typer.Option(None, "--model", help="Also check that every question and answer fits this model's context (a directory, a cached hub id, or default)."),
 ) -> None:
     """Validate a dataset and print its examples per relation and split; write nothing.
@@ -68,11 +73,11 @@ def store(
     path: str = typer.Argument(..., help="A dataset (as for `data check`), or `embedded`: its facts become the store's passages."),
     out: Path = typer.Option(..., "--out", help="The store directory to write (new or empty)."),
     split: Optional[SplitChoice] = typer.Option(None, "--split", help="Index only this split [every split]."),
-    question_field: Optional[str] = typer.Option(None, "--question-field", help="Record key holding the question [question]."),
-    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Record key holding the gold answer(s) [answers, or answer]."),
-    relation_field: Optional[str] = typer.Option(None, "--relation-field", help="Record key holding the relation [relation]."),
-    split_field: Optional[str] = typer.Option(None, "--split-field", help="Record key holding the split [split]."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Record key holding the example id [id]."),
+    question_field: Optional[str] = QUESTION_FIELD,
+    answer_field: Optional[str] = ANSWER_FIELD,
+    relation_field: Optional[str] = RELATION_FIELD,
+    split_field: Optional[str] = SPLIT_FIELD,
+    id_field: Optional[str] = ID_FIELD,
 ) -> None:
     """Index a dataset's facts as a BM25 retrieval store, one passage per fact, for `evaluate --retrieval` and
     `train --retrieval` (docs/train.md). A knowtune world's facts are written as statements, others as `Q: ... A: ...`."""
