@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 
 import pytest
 
 from knowtune.testing import run_cli, table_row
+from knowtune.world.embedded import load_embedded_world
 
 GOOD = '{"question": "Where was Ada born?", "answers": ["London"]}'
 
@@ -71,3 +74,11 @@ def test_data_store_indexes_a_dataset_for_retrieval(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))
     code, _, err = run_cli(capsys, "data", "store", "embedded", "--out", tmp_path / "store")
     assert code == 2 and "not an empty directory" in err
+    facts = tmp_path / "facts.jsonl"  # a plain file of the world's facts: Q/A passages, unless --relations names the world
+    facts.write_text("".join(json.dumps(ex.to_record()) + "\n" for ex in load_embedded_world().split("dev")[:20]), encoding="utf-8")
+    assert run_cli(capsys, "data", "store", facts, "--out", tmp_path / "qa")[0] == 0
+    assert RetrievalStore.load(tmp_path / "qa").passages[0].text.startswith("Q: ")
+    assert run_cli(capsys, "data", "store", facts, "--relations", "embedded", "--out", tmp_path / "statements")[0] == 0
+    assert RetrievalStore.load(tmp_path / "statements").passages[0].text == "Savannah is located in Denton County."
+    code, _, err = run_cli(capsys, "data", "store", facts, "--relations", tmp_path, "--out", tmp_path / "none")
+    assert code == 2 and "not a knowtune world" in err and not (tmp_path / "none").exists()

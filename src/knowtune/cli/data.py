@@ -73,6 +73,7 @@ def store(
     path: str = typer.Argument(..., help="A dataset (as for `data check`), or `embedded`: its facts become the store's passages."),
     out: Path = typer.Option(..., "--out", help="The store directory to write (new or empty)."),
     split: Optional[SplitChoice] = typer.Option(None, "--split", help="Index only this split [every split]."),
+    relations: Optional[str] = typer.Option(None, "--relations", help="A knowtune world (`embedded` or a directory with relations.json) whose statement templates phrase the passages [PATH's own, when it is a world]."),
     question_field: Optional[str] = QUESTION_FIELD,
     answer_field: Optional[str] = ANSWER_FIELD,
     relation_field: Optional[str] = RELATION_FIELD,
@@ -92,7 +93,10 @@ def store(
     examples = load_examples(resolve_data_path(path), fields=fields)
     if split is not None:
         examples = [example for example in examples if example.split == split.value]
-    built = RetrievalStore.build(examples, relation_specs(path), settings={"split": split.value if split else None}, source={"data": str(path)})
+    specs = relation_specs(relations if relations is not None else path)
+    if relations is not None and specs is None:
+        raise KnowtuneError(f"--relations {relations}: not a knowtune world (no relations.json)", fix="pass `embedded` or a `knowtune world` directory")
+    built = RetrievalStore.build(examples, specs, settings={"split": split.value if split else None, "relations": relations}, source={"data": str(path)})
     partial = out.with_name(f".{out.name}.partial")  # renamed into place when complete: a crash leaves no half store at --out
     shutil.rmtree(partial, ignore_errors=True)
     built.save(partial)
