@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 import pytest
 
 from knowtune.testing import run_cli, table_row
