@@ -432,8 +432,9 @@ def _retrieval(config: TrainConfig, task: TaskSpec, train: Sequence[QAExample]):
     retrieval_contexts(store, [], k, task)  # refuses a chat-template task before any model loads
     record = {**retrieval_provenance(config.retrieval, store, k), "store_hash": config_hash(store.record)}
     share = config.retrieval_oracle_share
+    evaluation = lambda examples: retrieval_contexts(store, examples, k)  # noqa: E731
     if share is None:
-        return retrieval_contexts(store, train, k), (lambda examples: retrieval_contexts(store, examples, k)), record
+        return evaluation(train), evaluation, record
     stored = {passage.id for passage in store.passages}
     if not any(ex.id in stored for ex in train):
         raise ConfigError(f"retrieval_oracle_share: no training fact is in the store {config.retrieval} (by example id)",
@@ -442,7 +443,7 @@ def _retrieval(config: TrainConfig, task: TaskSpec, train: Sequence[QAExample]):
     found = store.search([ex.question for ex in train], k + 1)
     blocks = [context_text(top[:k] if keep else [p for p in top if p.id != ex.id][:k]) for ex, top, keep in zip(train, found, oracle)]
     record["oracle_questions"] = sum(oracle)
-    return blocks, (lambda examples: retrieval_contexts(store, examples, k)), record
+    return blocks, evaluation, record
 
 
 def _setup(config: TrainConfig, model_spec, train, categories, out_dir: Path, run: dict[str, Any], resume: bool, log,
