@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from pydantic import Field, model_serializer
+from pydantic import Field
 
 from knowtune.config import StageConfig, save_config
 from knowtune.errors import KnowtuneError
@@ -31,6 +31,8 @@ EXPOSURES_FILE = "exposures.jsonl"
 
 class PretrainConfig(StageConfig):
     """Model size, corpus schedule and optimisation of the base-model pretraining."""
+
+    ADDED_DEFAULTS = {"adam_beta2": 0.999}
 
     seed: int = 0
     """Seed of the corpus order, initialisation and data order."""
@@ -64,14 +66,6 @@ class PretrainConfig(StageConfig):
     """AdamW's second-moment decay (0.95 keeps steps steadier at a high learning rate)."""
     save_every_steps: int = Field(500, ge=1)
     """Checkpoint interval in steps (resume)."""
-
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler) -> dict:
-        """The record without keys added after the default model was built, at their defaults (its saved config is unchanged)."""
-        record = handler(self)
-        if record.get("adam_beta2") == 0.999:
-            del record["adam_beta2"]
-        return record
 
 
 def train_tokenizer(documents: list[str], vocab_size: int):
