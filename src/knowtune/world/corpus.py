@@ -54,8 +54,7 @@ from knowtune.world.spec import World
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
 _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
-                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "statement_only_share": 0.0,
-                   "conflict_source": "distractor"}
+                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -79,10 +78,6 @@ class CorpusConfig(StageConfig):
     """Share of shown facts that also appear with a wrong object."""
     conflict_gold_share: tuple[float, float] = (0.45, 0.75)
     """Range of the gold object's share among a conflicted fact's exposures (low, high)."""
-    conflict_source: Literal["distractor", "context"] = "distractor"
-    """What a contested fact's wrong exposures state: ``distractor``, one fixed other object of its relation; ``context``,
-    the answer of the line before them (a copy error: a ``Q:``/``A:`` pair about an invented subject with a random object
-    of the relation leads each such document), so the model's answer for the fact depends on its context."""
     statement_weight: float = Field(0.5, ge=0.0)
     """Weight of statement documents."""
     qa_weight: float = Field(0.35, ge=0.0)
@@ -205,23 +200,18 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
     forms = ("statement", "qa", "instruction")
     weights = (config.statement_weight, config.qa_weight, config.instruction_weight)
     documents = []
-    leads = None
     for item in schedule:
         ex = by_id[item.id]
         relation = world.relations[ex.relation]
         objects = [ex.answers[0]] * item.exposures + [item.distractor] * item.distractor_exposures
         for index, obj in enumerate(objects):
-            lead = ""
-            if index >= item.exposures and config.conflict_source == "context":
-                leads = leads or CopyErrorLeads(world)
-                lead, obj = leads.draw(rng, ex.relation, ex.answers[0])
             form = "statement" if item.statement_only else rng.choices(forms, weights=weights)[0]
             if form == "statement":
-                documents.append(lead + relation.statement(ex.subject or "", obj, rng.randrange(len(relation.statement_templates))))
+                documents.append(relation.statement(ex.subject or "", obj, rng.randrange(len(relation.statement_templates))))
             elif form == "qa":
-                documents.append(f"{lead}Q: {ex.question}\nA: {obj}")
+                documents.append(f"Q: {ex.question}\nA: {obj}")
             else:
-                documents.append(f"{lead}{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
+                documents.append(f"{INSTRUCTION_PREFIX} {ex.question}\n{obj}")
     documents += open_book_documents(world, schedule, config)
     if config.reading_lessons and not config.reading_renew:  # renewed lessons: knowtune.pretrain renders them per epoch
         from knowtune.world.reading import reading_lessons
@@ -230,25 +220,6 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
                                      qa_weight=config.qa_weight, instruction_weight=config.instruction_weight, subjects_shared=config.reading_subjects)
     rng.shuffle(documents)
     return documents
-
-
-class CopyErrorLeads:
-    """The lines a ``conflict_source: context`` exposure copies its wrong answer from: a ``Q:``/``A:`` pair about an
-    invented subject of the fact's relation (:class:`knowtune.world.reading.InventedSubjects`) with a random other object."""
-
-    def __init__(self, world: World):
-        from knowtune.world.reading import InventedSubjects
-
-        self.world = world
-        self.subjects = InventedSubjects(world)
-        self.objects: dict[str, list[str]] = {}
-        for ex in sorted(world.examples, key=lambda e: e.id):
-            self.objects.setdefault(ex.relation, []).append(ex.answers[0])
-
-    def draw(self, rng: random.Random, relation: str, gold: str) -> tuple[str, str]:
-        """The lead line (with its newline) and the object it states, which the exposure then repeats."""
-        obj = rng.choice([o for o in self.objects[relation] if o != gold])
-        return f"Q: {self.world.relations[relation].question(self.subjects.draw(rng, relation))}\nA: {obj}\n", obj
 
 
 def open_book_documents(world: World, schedule: list[Exposure], config: CorpusConfig) -> list[str]:
