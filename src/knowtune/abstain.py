@@ -64,11 +64,9 @@ class AbstainSettings(StageConfig):
         return self
 
 
-@dataclass(frozen=True)
-class CurvePoint:
-    """The abstention rule at one threshold: counts over the n questions."""
+class AnsweredRates:
+    """Answer rate and accuracy on answered questions, for anything that counts ``n``, ``answered`` and ``correct_answered``."""
 
-    threshold: int
     n: int
     answered: int
     correct_answered: int
@@ -80,6 +78,16 @@ class CurvePoint:
     @property
     def accuracy_answered(self) -> float | None:
         return self.correct_answered / self.answered if self.answered else None
+
+
+@dataclass(frozen=True)
+class CurvePoint(AnsweredRates):
+    """The abstention rule at one threshold: counts over the n questions."""
+
+    threshold: int
+    n: int
+    answered: int
+    correct_answered: int
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "n": self.n, "answered": self.answered, "correct_answered": self.correct_answered,

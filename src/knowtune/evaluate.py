@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from knowtune.abstain import AbstainSettings
+from knowtune.abstain import AbstainSettings, AnsweredRates
 from knowtune.config import StageConfig
 from knowtune.data.formats import DataFields
 from knowtune.data.schema import QAExample
@@ -124,7 +124,7 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class GroupMetrics:
+class GroupMetrics(AnsweredRates):
     """Counts and rates of a group of predictions (definitions in the module docstring)."""
 
     n: int
@@ -135,14 +135,6 @@ class GroupMetrics:
     @property
     def exact_match(self) -> float | None:
         return self.correct / self.n if self.n else None
-
-    @property
-    def answer_rate(self) -> float | None:
-        return self.answered / self.n if self.n else None
-
-    @property
-    def accuracy_answered(self) -> float | None:
-        return self.correct_answered / self.answered if self.answered else None
 
     @property
     def hallucination_rate(self) -> float | None:
