@@ -2,6 +2,12 @@
 
     python benchmarks/maybeknown.py --annotations AUDIT_DIR --model MODEL_DIR
     python benchmarks/maybeknown.py --margins --model MODEL_DIR [--facts 40]
+    python benchmarks/maybeknown.py --write-sample audit900.jsonl
+
+The audit sample of docs/world.md's MaybeKnown tables (``--write-sample``): the embedded default's 360 dev
+facts (for the exemplars), then 900 of its train facts drawn with ``random.Random(0)``. Audit it with
+``knowtune annotate --model MODEL_DIR --data audit900.jsonl --split train --out AUDIT_DIR``, then
+``knowtune models exposure-check --annotations AUDIT_DIR --model MODEL_DIR``.
 
 The first form splits a finished `knowtune annotate` run's train facts by the model's exposure record
 (``exposures.jsonl``): clean or contested (a distractor object in the corpus) x exposures per pass, and prints the
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from knowtune.data.loaders import save_examples
+from knowtune.data.splits import load_splits
 from knowtune.models import DEFAULT_MODEL_DIR, load
 from knowtune.pretrain import load_exposures
 from knowtune.slick.categories import CATEGORIES
@@ -90,13 +98,30 @@ def prompt_margins(model_dir: str, exposures: dict[str, dict], facts: int) -> No
         print(f"{kind}: median sd across prompts {statistics.median(spreads):.2f} nats over {len(spreads)} facts")
 
 
+def write_sample(path: Path, size: int, seed: int) -> None:
+    splits = load_splits("embedded")
+    train = {ex.id: ex for ex in splits.train}
+    chosen = random.Random(seed).sample([ex.id for ex in splits.train], size)
+    save_examples(list(splits.dev) + [train[i] for i in chosen], path)
+    print(f"{path}: {size} train facts (seed {seed}) and {len(splits.dev)} dev facts")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", help="a knowtune-pretrained model directory, or `default`")
     parser.add_argument("--annotations", type=Path, help="a knowtune annotate output directory")
     parser.add_argument("--margins", action="store_true", help="print the prompt-to-prompt spread of fact margins")
     parser.add_argument("--facts", type=int, default=40)
+    parser.add_argument("--write-sample", type=Path, metavar="OUT.jsonl", help="write the audit sample the world.md tables use")
+    parser.add_argument("--sample-size", type=int, default=900)
+    parser.add_argument("--sample-seed", type=int, default=0)
     args = parser.parse_args()
+    if args.write_sample:
+        write_sample(args.write_sample, args.sample_size, args.sample_seed)
+    if not args.model:
+        if args.annotations or args.margins:
+            parser.error("--annotations and --margins need --model")
+        return
     torch.set_num_threads(1)
     exposures = load_exposures(DEFAULT_MODEL_DIR if args.model == "default" else args.model)
     if args.annotations:
