@@ -49,7 +49,7 @@ def route_study(tmp_path_factory) -> tuple[Path, str]:
         "train": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "max_eval_examples": 30,
                   "prompt_template": "Answer the following question. {question}", "answer_prefix": " "},
         "compare_methods": {"mixture": 50, "methods": ["sft", "filtered"]},
-        "table2": {}, "retrieval_route": {"k": 2},
+        "table2": {}, "retrieval_route": {"k": 2, "finetune_with_passages": True, "oracle_share": 0.5},
     }
     (root / "study.yaml").write_text(yaml.safe_dump(settings))
     out, err = io.StringIO(), io.StringIO()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from study_metrics import record
 
@@ -14,12 +15,12 @@ from knowtune.report.html import retrieval_section
 from knowtune.retrieval import RetrievalStore, relation_specs
 from knowtune.study.config import StudyConfig
 from knowtune.study.findings import retrieval_beats_sft_on_unknown
-from knowtune.study.retrieval_route import LABELS, passage_recall, sft_row
+from knowtune.study.retrieval_route import LABELS, PASSAGES_RUN, PASSAGES_STORE, RetrievalRouteConfig, passage_recall, sft_row
 from knowtune.world.embedded import load_embedded_world
 
 
 def row(route: str, unknown: float, forgetting: float = 20.0, epoch: int | None = None) -> dict:
-    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in ("known_retrieval", "retrieval"),
+    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in ("known_retrieval", "known_passages", "retrieval"),
             "unknown": unknown, "unknown_closed_book": 0.0, "held_out": 100.0 - forgetting, "forgetting": forgetting,
             "test": 25.0, "answer_rate": 100.0}
 
@@ -38,6 +39,11 @@ def test_the_section_needs_the_sft_and_filtered_runs_of_the_comparison():
         StudyConfig.model_validate({"compare_methods": {}, "curate": {"variants": ["ratio", "known", "idk"]}, "retrieval_route": {"k": 0}})
     config = StudyConfig.model_validate({"compare_methods": {}, "curate": {"variants": ["ratio", "known", "idk"]}, "retrieval_route": {}})
     assert (config.retrieval_route.k, config.retrieval_route.base_shots) == (2, None)
+    assert (config.retrieval_route.finetune_with_passages, config.retrieval_route.oracle_share) == (False, None)
+    with pytest.raises(ValidationError, match="oracle_share .*finetune_with_passages: true"):
+        RetrievalRouteConfig.model_validate({"oracle_share": 0.5})
+    with pytest.raises(ValidationError, match="oracle_share"):
+        RetrievalRouteConfig.model_validate({"finetune_with_passages": True, "oracle_share": 1.5})
 
 
 def test_sft_rows_read_the_runs_own_evaluation():
@@ -63,7 +69,11 @@ def test_the_finding_compares_the_route_with_sft_at_early_stop():
     assert "8.0% at EARLY_STOP (epoch 2)" in holds["detail"] and "100.0% at CONVERGENCE" in holds["detail"]
     fails = retrieval_beats_sft_on_unknown(comparison(0.8))
     assert fails["holds"] is False and fails["value"] == pytest.approx(-7.2)
-    assert "97.5%" in fails["detail"] and "held-out forgetting" in fails["detail"]
+    assert "97.5%" in fails["detail"] and "held-out forgetting" in fails["detail"] and "with passages" not in fails["detail"]
+    with_passages = comparison(0.8)
+    with_passages["rows"].insert(3, row("known_passages", 40.0, 18.0))
+    assert "SFT on Known with passages + retrieval 40.0%" in retrieval_beats_sft_on_unknown(with_passages)["detail"]
+    assert retrieval_beats_sft_on_unknown(with_passages)["value"] == pytest.approx(-7.2)  # the finding still compares known_retrieval
     assert retrieval_beats_sft_on_unknown({"rows": []})["holds"] is None
 
 
@@ -83,10 +93,17 @@ def test_the_study_routes_the_mixtures_unknown_facts_and_measures_every_route(ro
     assert " is " in passages or " was " in passages  # the world's statement templates, not Q/A lines
     assert result["unknown_facts"] == len(routed) and result["passage_recall"] >= 90.0
     rows = {r["route"]: r for r in result["rows"]}
-    assert list(rows) == ["sft", "sft_es", "known_retrieval", "retrieval"]
+    assert list(rows) == ["sft", "sft_es", "known_retrieval", "known_passages", "retrieval"]
+    trained = load_examples(out / PASSAGES_STORE / "examples.jsonl")  # finetune_with_passages: a store of all of D_50's facts
+    assert sorted(e.id for e in trained) == sorted(e.id for e in mixture)
+    run = json.loads((out / PASSAGES_RUN / "run.json").read_text())
+    assert run["retrieval"]["store"] == str(out / PASSAGES_STORE) and run["retrieval"]["k"] == 2
+    known = [e for e in mixture if e.metadata["category"] != "Unknown"]
+    assert 0 < run["retrieval"]["oracle_questions"] < len(known)  # oracle_share 0.5 of D_Known_50's facts
+    assert yaml.safe_load((out / PASSAGES_RUN / "config.yaml").read_text())["retrieval_oracle_share"] == 0.5
     sft = [json.loads(line) for line in (out / "runs" / "D_50" / "metrics.jsonl").read_text().splitlines()][-1]
     assert rows["sft"]["unknown"] == pytest.approx(100 * sft["train/exact_match/Unknown"])
-    for route in ("known_retrieval", "retrieval"):
+    for route in ("known_retrieval", "known_passages", "retrieval"):
         assert all(0.0 <= rows[route][k] <= 100.0 for k in ("unknown", "unknown_closed_book", "held_out", "test", "answer_rate"))
         assert rows[route]["examples"] and all(1 <= e["passages"].count("\n") <= 2 for e in rows[route]["examples"])
     assert rows["retrieval"]["unknown_closed_book"] < 10.0  # SliCK's Unknown: the base model did not answer them few-shot in the audit

@@ -220,6 +220,9 @@ def retrieval_beats_sft_on_unknown(comparison: Mapping[str, Any]) -> dict[str, A
               f"{comparison['passage_recall']:.1f}%), SFT on everything {es['unknown']:.1f}% at EARLY_STOP (epoch {es['epoch']})")
     if conv is not None:
         detail += f" and {conv['unknown']:.1f}% at CONVERGENCE (epoch {conv['epoch']}, its own training questions)"
+    passages = rows.get("known_passages")
+    if passages is not None:
+        detail += f", SFT on Known with passages + retrieval {_fmt(passages['unknown'])}%"
     if alone is not None:
         detail += f", retrieval alone (base model) {alone['unknown']:.1f}%"
     detail += "; held-out forgetting " + ", ".join(f"{r['label']} {_fmt(r['forgetting'])}" for r in comparison["rows"])

@@ -10,8 +10,15 @@ route             model                                         prompt
 sft               SFT on all of D_X (the ``sft`` run), CONV     closed book
 sft_es            the same run at EARLY_STOP (best dev epoch)   closed book
 known_retrieval   SFT on D_Known_X (the ``filtered`` run), CONV the top-k passages, then the fine-tuning prompt
+known_passages    SFT on D_Known_X *with* passages, CONV        the top-k passages, then the fine-tuning prompt
 retrieval         the base model                                the top-k passages, then the audit's few-shot prompt
 ================= ============================================= ================================
+
+``known_passages`` runs with ``finetune_with_passages: true`` only: fine-tuning without passages teaches a
+model that reads to stop reading (docs/train.md, "Fine-tuning with passages"), so this route trains D_Known_X
+as ``knowtune train --retrieval`` does, every training question with its top-k passages from a store of all
+of D_X's facts (``OUT/retrieval/passages-store``; RAFT's ``oracle_share``, Zhang et al. 2024, optional), with
+the ``filtered`` run's settings, into ``OUT/retrieval/runs/known_passages`` (it resumes by itself).
 
 The passages come from a BM25 store of D_X's Unknown facts, built as ``knowtune curate
 --route-unknown retrieval`` builds it (into ``OUT/retrieval/variants/D_X/retrieval``), and are
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from knowtune.config import StageConfig
 from knowtune.data.schema import QAExample
@@ -51,9 +58,12 @@ if TYPE_CHECKING:
 STAGE = "retrieval"
 ROUTE_FILE = Path("retrieval") / "comparison.json"
 STORE_VARIANTS = Path("retrieval") / "variants"
-ROUTES = ("sft", "sft_es", "known_retrieval", "retrieval")
+PASSAGES_STORE = Path("retrieval") / "passages-store"
+PASSAGES_RUN = Path("retrieval") / "runs" / "known_passages"
+ROUTES = ("sft", "sft_es", "known_retrieval", "known_passages", "retrieval")
+RETRIEVAL_ROUTES = ("known_retrieval", "known_passages", "retrieval")
 LABELS = {"sft": "SFT on everything", "sft_es": "SFT on everything, EARLY_STOP", "known_retrieval": "SFT on Known + retrieval",
-          "retrieval": "retrieval alone (base model)"}
+          "known_passages": "SFT on Known with passages + retrieval", "retrieval": "retrieval alone (base model)"}
 
 
 class RetrievalRouteConfig(StageConfig):
@@ -63,6 +73,17 @@ class RetrievalRouteConfig(StageConfig):
     """Passages retrieved per question."""
     base_shots: int | None = Field(None, ge=0)
     """Exemplars in the base model's few-shot prompt (retrieval alone); default: the audit's k."""
+    finetune_with_passages: bool = False
+    """Also train D_Known_X with every question's top-k passages in its prompt (route ``known_passages``, docs/study.md)."""
+    oracle_share: float | None = Field(None, ge=0.0, le=1.0)
+    """With ``finetune_with_passages``: the share of training questions that keep their own passage
+    (``knowtune train --retrieval-oracle-share``); unset: all of them."""
+
+    @model_validator(mode="after")
+    def _oracle_share_needs_passages(self) -> "RetrievalRouteConfig":
+        if self.oracle_share is not None and not self.finetune_with_passages:
+            raise ValueError("retrieval_route.oracle_share applies to the run with passages: set finetune_with_passages: true, or drop oracle_share")
+        return self
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,7 @@ class RouteSetup:
 def _row(route: str, *, unknown: float | None, closed: float | None, held: float | None, test: float | None,
          answer_rate: float | None, epoch: int | None = None) -> dict[str, Any]:
     """One route's measures (rates in [0, 1] in, percent out)."""
-    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in ("known_retrieval", "retrieval"),
+    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in RETRIEVAL_ROUTES,
             "unknown": pct(unknown), "unknown_closed_book": pct(closed), "held_out": pct(held),
             "forgetting": None if held is None else 100.0 - 100.0 * held, "test": pct(test), "answer_rate": pct(answer_rate)}
 
@@ -126,9 +147,11 @@ def _measure_model(setup: RouteSetup, model_spec: str | Path, route: str, contex
     return row
 
 
-def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], known_model: str | Path, base_model: str | Path) -> dict[str, Any]:
+def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], known_model: str | Path, base_model: str | Path,
+                  passages_model: str | Path | None = None) -> dict[str, Any]:
     """Every route's measures (module docstring): the SFT rows from the ``sft`` run's records at EARLY_STOP
-    and CONVERGENCE, the other two by answering with the store's top ``k`` passages before each prompt."""
+    and CONVERGENCE, the others by answering with the store's top ``k`` passages before each prompt
+    (``known_passages`` when ``passages_model``, the run trained with passages, is given)."""
     from knowtune.retrieval import retrieval_contexts
 
     for task in (setup.train_task, setup.base_task):
@@ -141,6 +164,8 @@ def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], k
     if es is not None:
         rows.append(sft_row(by_epoch[es], "sft_es", setup.held_out))
     rows.append(_measure_model(setup, known_model, "known_retrieval", contexts))
+    if passages_model is not None:
+        rows.append(_measure_model(setup, passages_model, "known_passages", contexts))
     rows.append(_measure_model(setup, base_model, "retrieval", contexts))
     return {"k": setup.k, "passages": len(setup.store.passages), "unknown_facts": len(setup.unknown), "test_questions": len(setup.test),
             "held_out": setup.held_out, "passage_recall": passage_recall(setup.store, setup.unknown, setup.k), "rows": rows}
@@ -166,6 +191,30 @@ def route_store(study: Study) -> tuple[Path, list[QAExample]]:
         raise KnowtuneError(f"{store_dir}: the routed facts are not {name}'s Unknown facts",
                             fix="the study's curation changed since it ran; rerun into a new --out")
     return store_dir, routed
+
+
+def train_with_passages(study: Study, mixture: Sequence[QAExample]) -> Path:
+    """Route ``known_passages``: D_Known_X trained with the ``filtered`` run's settings plus ``retrieval`` (a store
+    of all of ``mixture``'s facts, ``retrieval_k`` = k, ``retrieval_oracle_share``); the finished model's directory."""
+    from knowtune.data import load_examples
+    from knowtune.retrieval import RetrievalStore, relation_specs
+    from knowtune.study import workers
+
+    config, compare = study.config.retrieval_route, study.config.compare_methods
+    store_dir = study.out / PASSAGES_STORE
+    if not (store_dir / "store.json").is_file():
+        partial = store_dir.with_name(f".{store_dir.name}.partial")  # renamed into place when complete
+        RetrievalStore.build(mixture, relation_specs(study.config.data), settings={"route": "known_passages"},
+                             source={"data": str(study.config.data), "variant": f"D_{compare.mixture}"}).save(partial)
+        partial.rename(store_dir)
+    plan = compare.plans(study.config.train)["filtered"]
+    known = load_examples(study.out / "variants" / study.variant_index()[plan.variant]["train"])
+    train_config = type(plan.config).model_validate({**plan.config.model_dump(mode="json"), "retrieval": str(store_dir),
+                                                     "retrieval_k": config.k, "retrieval_oracle_share": config.oracle_share})
+    run_dir = study.out / PASSAGES_RUN
+    job = workers.TrainJob("known_passages", train_config, study.config.model, study.eval_splits().with_train(known), study.categories(), run_dir)
+    workers.train([job], 1, study.log, lambda name: study.log(f"[retrieval] {name} finished"))
+    return run_dir / "model"
 
 
 def run_stage(study: Study) -> str:
@@ -195,7 +244,8 @@ def run_stage(study: Study) -> str:
             test=tuple(eval_subset(study.eval_splits().test, train.max_eval_examples, train.seed)),
             train_task=training_task(compare.train_config("filtered", train)), base_task=base_task, exemplar_pool=tuple(pool),
             batch_size=train.eval_batch_size, device=train.device)
-        result = measure_route(setup, sft, study.out / study.state.methods["filtered"].dir / "model", study.config.model)
+        passages_model = train_with_passages(study, mixture) if config.finetune_with_passages else None
+        result = measure_route(setup, sft, study.out / study.state.methods["filtered"].dir / "model", study.config.model, passages_model)
         atomic_write_json(study.out / ROUTE_FILE, {**result, "store": str(store_dir.relative_to(study.out))})
         return {"unknown_facts": result["unknown_facts"]}
 
