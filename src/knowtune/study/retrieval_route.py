@@ -38,6 +38,7 @@ Measures, in percent, each on the same questions for every route:
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,7 @@ def train_with_passages(study: Study, mixture: Sequence[QAExample]) -> Path:
     store_dir = study.out / PASSAGES_STORE
     if not (store_dir / "store.json").is_file():
         partial = store_dir.with_name(f".{store_dir.name}.partial")  # renamed into place when complete
+        shutil.rmtree(partial, ignore_errors=True)
         RetrievalStore.build(mixture, relation_specs(study.config.data), settings={"route": "known_passages"},
                              source={"data": str(study.config.data), "variant": f"D_{compare.mixture}"}).save(partial)
         partial.rename(store_dir)
