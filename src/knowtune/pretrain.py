@@ -167,8 +167,9 @@ def renewed_lessons(world: World, corpus: CorpusConfig, epoch: int, part: int = 
     of epoch ``epoch``, seeded by the corpus seed, the epoch and the part, so a resumed run renders the same."""
     from knowtune.world.reading import reading_lessons
 
+    qa, instruction = corpus.lesson_form_weights()
     return reading_lessons(world, corpus.reading_lessons, corpus.reading_passages, seed=f"{corpus.seed}-epoch-{epoch}-{part}",
-                           qa_weight=corpus.qa_weight, instruction_weight=corpus.instruction_weight, subjects_shared=corpus.reading_subjects)
+                           qa_weight=qa, instruction_weight=instruction, subjects_shared=corpus.reading_subjects)
 
 
 def lesson_tokens(lessons: list[str], tokenizer) -> list[int]:

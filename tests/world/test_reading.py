@@ -100,3 +100,19 @@ def test_fresh_lesson_score_asks_the_question_and_checks_the_passage_answer(worl
     assert answer in prompt.split(INSTRUCTION_PREFIX)[0]  # the gold passage states it
     model, tokenizer = load("default")
     assert fresh_lesson_exact_match(model, tokenizer, world, 40, seed="test") < 0.1  # the default model does not read (docs/world.md)
+
+
+def test_reading_forms_pick_the_lessons_question_form_in_the_corpus_and_per_epoch(world):
+    from knowtune.pretrain import renewed_lessons
+
+    assert CorpusConfig().reading_forms == "corpus" and CorpusConfig().lesson_form_weights() == (0.35, 0.15)
+    schedule = assign_exposures(world, CorpusConfig(seed=5))
+    plain = Counter(render_corpus(world, schedule, CorpusConfig(seed=5)))
+    for form, prefix in (("qa", "Q: "), ("instruction", INSTRUCTION_PREFIX + " ")):
+        config = CorpusConfig(seed=5, reading_lessons=200, reading_forms=form)
+        extra = list((Counter(render_corpus(world, schedule, config)) - plain).elements())
+        assert len(extra) == 200 and all(d.split("\n")[-2].startswith(prefix) for d in extra)
+        renewed = renewed_lessons(world, config.model_copy(update={"reading_renew": True}), epoch=1)
+        assert len(renewed) == 200 and all(d.split("\n")[-2].startswith(prefix) for d in renewed)
+    mixed = Counter(d.split("\n")[-2].startswith("Q: ") for d in renewed_lessons(world, CorpusConfig(seed=5, reading_lessons=200, reading_renew=True), epoch=1))
+    assert mixed[True] > 0 and mixed[False] > 0  # "corpus": both forms, at the corpus's weights

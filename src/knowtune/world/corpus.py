@@ -54,7 +54,7 @@ from knowtune.world.spec import World
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
 _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
-                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "statement_only_share": 0.0}
+                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "reading_forms": "corpus", "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -104,6 +104,13 @@ class CorpusConfig(StageConfig):
     reading_lessons_only_epochs: int = Field(0, ge=0)
     """With ``reading_renew``: the first this many epochs train on renewed lessons only (as many blocks as a whole
     epoch), so the model learns to read before it memorises the world; the world is then seen ``epochs`` minus this often."""
+    reading_forms: Literal["corpus", "qa", "instruction"] = "corpus"
+    """How reading lessons ask their question: as the corpus does (``qa_weight`` : ``instruction_weight``), or only as
+    a ``Q:``/``A:`` pair, or only as an instruction line."""
+
+    def lesson_form_weights(self) -> tuple[float, float]:
+        """(qa, instruction) weights of the reading lessons' question forms (``reading_forms``)."""
+        return {"corpus": (self.qa_weight, self.instruction_weight), "qa": (1.0, 0.0), "instruction": (0.0, 1.0)}[self.reading_forms]
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "CorpusConfig":
@@ -216,8 +223,9 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
     if config.reading_lessons and not config.reading_renew:  # renewed lessons: knowtune.pretrain renders them per epoch
         from knowtune.world.reading import reading_lessons
 
+        qa, instruction = config.lesson_form_weights()
         documents += reading_lessons(world, config.reading_lessons, config.reading_passages, seed=config.seed,
-                                     qa_weight=config.qa_weight, instruction_weight=config.instruction_weight, subjects_shared=config.reading_subjects)
+                                     qa_weight=qa, instruction_weight=instruction, subjects_shared=config.reading_subjects)
     rng.shuffle(documents)
     return documents
 
