@@ -40,6 +40,7 @@ def test_the_section_needs_the_sft_and_filtered_runs_of_the_comparison():
     config = StudyConfig.model_validate({"compare_methods": {}, "curate": {"variants": ["ratio", "known", "idk"]}, "retrieval_route": {}})
     assert (config.retrieval_route.k, config.retrieval_route.base_shots) == (2, None)
     assert (config.retrieval_route.finetune_with_passages, config.retrieval_route.oracle_share) == (False, None)
+    assert config.retrieval_route.model_dump() == {"k": 2, "base_shots": None}  # studies saved before the keys keep their hashes
     with pytest.raises(ValidationError, match="oracle_share .*finetune_with_passages: true"):
         RetrievalRouteConfig.model_validate({"oracle_share": 0.5})
     with pytest.raises(ValidationError, match="oracle_share"):

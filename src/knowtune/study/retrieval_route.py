@@ -70,6 +70,8 @@ LABELS = {"sft": "SFT on everything", "sft_es": "SFT on everything, EARLY_STOP",
 class RetrievalRouteConfig(StageConfig):
     """The ``retrieval_route:`` section of a study config (docs/study.md, "Retrieval instead of fine-tuning")."""
 
+    ADDED_DEFAULTS = {"finetune_with_passages": False, "oracle_share": None}
+
     k: int = Field(2, ge=1)
     """Passages retrieved per question."""
     base_shots: int | None = Field(None, ge=0)
