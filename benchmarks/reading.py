@@ -7,7 +7,8 @@ fine-tuning prompt, as ``knowtune evaluate --retrieval`` does. A model that read
 the passage; one that does not scores as closed-book. It also answers 200 fresh reading lessons
 (:mod:`knowtune.world.reading`: invented subjects, instruction form, a seed no pretraining uses)
 from their own passages. Last line:
-``heldout=<n> closed_em=<x> k1_em=<x> k2_em=<x> gold_in_top1=<x> k2_vs_closed=<EM points gained> fresh_lesson_em=<x>``.
+``heldout=<n> closed_em=<x> k1_em=<x> k2_em=<x> gold_in_top1=<x> k2_vs_closed=<EM points gained> fresh_lesson_em=<x> fresh_qa_lesson_em=<x>``
+(the same lessons asked as ``Q:``/``A:`` pairs).
 
     .venv/bin/python benchmarks/reading.py --model DIR [--world embedded|DIR] [--limit 300]
 """
@@ -48,9 +49,10 @@ def main() -> None:
         em[k] = evaluate_examples(model, tokenizer, asked, contexts=contexts).overall.exact_match
         gold[k] = sum(ex.answers[0] in context for ex, context in zip(asked, contexts)) / len(asked)
     fresh = fresh_lesson_exact_match(model, tokenizer, world, 200, seed="benchmark")
+    fresh_qa = fresh_lesson_exact_match(model, tokenizer, world, 200, seed="benchmark", form="qa")
     print(f"store: {len(never)} never-seen facts; gold passage in the top 1 / 2: {gold[1]:.3f} / {gold[2]:.3f}")
     print(f"heldout={len(asked)} closed_em={closed:.3f} k1_em={em[1]:.3f} k2_em={em[2]:.3f} gold_in_top1={gold[1]:.3f} "
-          f"k2_vs_closed={100 * (em[2] - closed):+.1f} fresh_lesson_em={fresh:.3f}")
+          f"k2_vs_closed={100 * (em[2] - closed):+.1f} fresh_lesson_em={fresh:.3f} fresh_qa_lesson_em={fresh_qa:.3f}")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,20 @@ class RetrievalStore:
         atomic_write_json(directory / STORE_FILE, self.record)  # last: its presence marks a complete store
         return directory
 
+    def save_complete(self, directory: str | Path) -> Path:
+        """:meth:`save` into a hidden ``.NAME.partial`` beside ``directory`` (new or empty), renamed into place when
+        complete: a crash never leaves a half store at ``directory``."""
+        import shutil
+
+        directory = Path(directory)
+        partial = directory.with_name(f".{directory.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.save(partial)
+        if directory.exists():
+            directory.rmdir()
+        partial.rename(directory)
+        return directory
+
     @classmethod
     def load(cls, directory: str | Path) -> "RetrievalStore":
         """Read a store written by :meth:`save`; a missing, partial or foreign directory is a :class:`DataError`."""

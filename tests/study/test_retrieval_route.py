@@ -15,12 +15,12 @@ from knowtune.report.html import retrieval_section
 from knowtune.retrieval import RetrievalStore, relation_specs
 from knowtune.study.config import StudyConfig
 from knowtune.study.findings import retrieval_beats_sft_on_unknown
-from knowtune.study.retrieval_route import LABELS, PASSAGES_RUN, PASSAGES_STORE, RetrievalRouteConfig, passage_recall, sft_row
+from knowtune.study.retrieval_route import LABELS, PASSAGES_RUN, PASSAGES_STORE, RETRIEVAL_ROUTES, RetrievalRouteConfig, passage_recall, sft_row
 from knowtune.world.embedded import load_embedded_world
 
 
 def row(route: str, unknown: float, forgetting: float = 20.0, epoch: int | None = None) -> dict:
-    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in ("known_retrieval", "known_passages", "retrieval"),
+    return {"route": route, "label": LABELS[route], "epoch": epoch, "retrieval": route in RETRIEVAL_ROUTES,
             "unknown": unknown, "unknown_closed_book": 0.0, "held_out": 100.0 - forgetting, "forgetting": forgetting,
             "test": 25.0, "answer_rate": 100.0}
 

@@ -100,6 +100,7 @@ def test_fresh_lesson_score_asks_the_question_and_checks_the_passage_answer(worl
     assert answer in prompt.split(INSTRUCTION_PREFIX)[0]  # the gold passage states it
     model, tokenizer = load("default")
     assert fresh_lesson_exact_match(model, tokenizer, world, 40, seed="test") < 0.1  # the default model does not read (docs/world.md)
+    assert fresh_lesson_exact_match(model, tokenizer, world, 40, seed="test", form="qa") < 0.1
 
 
 def test_reading_forms_pick_the_lessons_question_form_in_the_corpus_and_per_epoch(world):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -97,12 +96,7 @@ def store(
     if relations is not None and specs is None:
         raise KnowtuneError(f"--relations {relations}: not a knowtune world (no relations.json)", fix="pass `embedded` or a `knowtune world` directory")
     built = RetrievalStore.build(examples, specs, settings={"split": split.value if split else None, "relations": relations}, source={"data": str(path)})
-    partial = out.with_name(f".{out.name}.partial")  # renamed into place when complete: a crash leaves no half store at --out
-    shutil.rmtree(partial, ignore_errors=True)
-    built.save(partial)
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
+    built.save_complete(out)
     Console(highlight=False).print(f"{out}: a retrieval store of {len(examples):,} passages ({built.record['passage_kind']})", soft_wrap=True)
 
 

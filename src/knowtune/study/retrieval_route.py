@@ -38,7 +38,6 @@ Measures, in percent, each on the same questions for every route:
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +205,8 @@ def train_with_passages(study: Study, mixture: Sequence[QAExample]) -> Path:
     config, compare = study.config.retrieval_route, study.config.compare_methods
     store_dir = study.out / PASSAGES_STORE
     if not (store_dir / "store.json").is_file():
-        partial = store_dir.with_name(f".{store_dir.name}.partial")  # renamed into place when complete
-        shutil.rmtree(partial, ignore_errors=True)
         RetrievalStore.build(mixture, relation_specs(study.config.data), settings={"route": "known_passages"},
-                             source={"data": str(study.config.data), "variant": f"D_{compare.mixture}"}).save(partial)
-        partial.rename(store_dir)
+                             source={"data": str(study.config.data), "variant": f"D_{compare.mixture}"}).save_complete(store_dir)
     plan = compare.plans(study.config.train)["filtered"]
     known = load_examples(study.out / "variants" / study.variant_index()[plan.variant]["train"])
     train_config = type(plan.config).model_validate({**plan.config.model_dump(mode="json"), "retrieval": str(store_dir),

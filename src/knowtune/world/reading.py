@@ -104,12 +104,18 @@ def split_lesson(lesson: str) -> tuple[str, str]:
     return prompt + "\n", answer
 
 
-def fresh_lesson_exact_match(model, tokenizer, world: World, count: int, *, seed: int | str) -> float:
-    """Exact match of ``model`` on ``count`` new lessons in instruction form (greedy, whole answer):
-    how well it reads a passage about a subject it cannot know (0 for a model that does not read)."""
+def fresh_lesson_exact_match(model, tokenizer, world: World, count: int, *, seed: int | str, form: str = "instruction") -> float:
+    """Exact match of ``model`` on ``count`` new lessons in instruction form (``form="qa"``: as ``Q:``/``A:`` pairs,
+    the prompt ending in ``A:``) (greedy, whole answer): how well it reads a passage about a subject it cannot
+    know (0 for a model that does not read)."""
     from knowtune.recall import greedy_answers
 
-    prompts, gold = zip(*map(split_lesson, reading_lessons(world, count, 2, seed=seed, qa_weight=0, instruction_weight=1)))
+    qa = form == "qa"
+    lessons = reading_lessons(world, count, 2, seed=seed, qa_weight=float(qa), instruction_weight=float(not qa))
+    if qa:
+        prompts, gold = zip(*((head + "\nA:", answer) for head, answer in (lesson.rsplit("\nA: ", 1) for lesson in lessons)))
+    else:
+        prompts, gold = zip(*map(split_lesson, lessons))
     answers = greedy_answers(model, tokenizer, list(prompts))
     return sum(answer.strip() == expected for answer, expected in zip(answers, gold)) / count
 
