@@ -169,7 +169,8 @@ def renewed_lessons(world: World, corpus: CorpusConfig, epoch: int, part: int = 
 
     qa, instruction = corpus.lesson_form_weights()
     return reading_lessons(world, corpus.reading_lessons, corpus.reading_passages, seed=f"{corpus.seed}-epoch-{epoch}-{part}",
-                           qa_weight=qa, instruction_weight=instruction, subjects_shared=corpus.reading_subjects)
+                           qa_weight=qa, instruction_weight=instruction, subjects_shared=corpus.reading_subjects,
+                           objects=corpus.reading_objects)
 
 
 def lesson_tokens(lessons: list[str], tokenizer) -> list[int]:

@@ -117,3 +117,28 @@ def test_reading_forms_pick_the_lessons_question_form_in_the_corpus_and_per_epoc
         assert len(renewed) == 200 and all(d.split("\n")[-2].startswith(prefix) for d in renewed)
     mixed = Counter(d.split("\n")[-2].startswith("Q: ") for d in renewed_lessons(world, CorpusConfig(seed=5, reading_lessons=200, reading_renew=True), epoch=1))
     assert mixed[True] > 0 and mixed[False] > 0  # "corpus": both forms, at the corpus's weights
+
+
+def test_invented_objects_keep_every_world_name_out_of_the_lessons(world):
+    from knowtune.pretrain import renewed_lessons
+
+    names = {name.casefold() for ex in world.examples for name in (ex.subject, *ex.answers)}
+    lessons = reading_lessons(world, 400, 3, seed=0, qa_weight=0.35, instruction_weight=0.15, objects="invented")
+    answers = []
+    for document in lessons:
+        passages, relation, subject, answer = _parse(world, document)
+        assert answer.casefold() not in names and subject.casefold() not in names
+        assert world.relations[relation].statement(subject, answer, 0) in passages  # the gold passage states it
+        answers.append(answer)
+    assert len(set(answers)) > 0.9 * len(answers)  # fresh per lesson: no memory predicts one
+    patterns = [re.compile("^" + re.escape(spec.statement_templates[0]).replace(re.escape("[X]"), "(.+)").replace(re.escape("[Y]"), "(.+)") + "$")
+                for spec in world.relations.values()]
+    passage_objects = {found.group(2) for d in lessons for line in _parse(world, d)[0] for p in patterns if (found := p.match(line))}
+    assert len(passage_objects) > len(lessons) and not {o.casefold() for o in passage_objects} & names  # distractors' too
+    assert reading_lessons(world, 50, 3, seed=0, qa_weight=0.35, instruction_weight=0.15) == \
+        reading_lessons(world, 50, 3, seed=0, qa_weight=0.35, instruction_weight=0.15, objects="world")
+    assert "reading_objects" not in CorpusConfig().model_dump()  # saved configs stay as they were
+    renewed = renewed_lessons(world, CorpusConfig(seed=5, reading_lessons=100, reading_renew=True, reading_objects="invented"), epoch=1)
+    assert not any(_parse(world, d)[3].casefold() in names for d in renewed)
+    assert any(_parse(world, d)[3].casefold() in names for d in
+               renewed_lessons(world, CorpusConfig(seed=5, reading_lessons=100, reading_renew=True), epoch=1))

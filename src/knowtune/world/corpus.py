@@ -54,7 +54,8 @@ from knowtune.world.spec import World
 INSTRUCTION_PREFIX = "Answer the following question."
 #: Fields added after the default model was built, left out of a dump at these defaults so saved configs stay as they were.
 _ADDED_DEFAULTS = {"open_book_fraction": 0.0, "open_book_documents": 1, "open_book_passages": 2, "reading_lessons": 0, "reading_passages": 2,
-                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "reading_forms": "corpus", "statement_only_share": 0.0}
+                   "reading_subjects": 0, "reading_renew": False, "reading_lessons_only_epochs": 0, "reading_forms": "corpus", "reading_objects": "world",
+                   "statement_only_share": 0.0}
 
 
 class CorpusConfig(StageConfig):
@@ -107,6 +108,10 @@ class CorpusConfig(StageConfig):
     reading_forms: Literal["corpus", "qa", "instruction"] = "corpus"
     """How reading lessons ask their question: as the corpus does (``qa_weight`` : ``instruction_weight``), or only as
     a ``Q:``/``A:`` pair, or only as an instruction line."""
+
+    reading_objects: Literal["world", "invented"] = "world"
+    """The reading lessons' objects: the world's own (each then also taught as the answer of invented subjects), or
+    invented ones that no world fact has (knowtune.world.reading.InventedObjects)."""
 
     def lesson_form_weights(self) -> tuple[float, float]:
         """(qa, instruction) weights of the reading lessons' question forms (``reading_forms``)."""
@@ -225,7 +230,8 @@ def render_corpus(world: World, schedule: list[Exposure], config: CorpusConfig) 
 
         qa, instruction = config.lesson_form_weights()
         documents += reading_lessons(world, config.reading_lessons, config.reading_passages, seed=config.seed,
-                                     qa_weight=qa, instruction_weight=instruction, subjects_shared=config.reading_subjects)
+                                     qa_weight=qa, instruction_weight=instruction, subjects_shared=config.reading_subjects,
+                                     objects=config.reading_objects)
     rng.shuffle(documents)
     return documents
 

@@ -17,6 +17,12 @@ template). The distractors look like what BM25 retrieves beside the gold passage
 subject sharing the gold subject's first or last part (or the gold subject itself under another
 relation), each with its own random object. The world's facts appear in no lesson, so the
 closed-book exposure schedule and ``exposures.jsonl`` are unchanged.
+
+The objects are the world's own by default: each then appears as the answer of invented subjects
+several times per pass, about as often as the corpus states it with its real subject. With
+``objects="invented"`` (``corpus.reading_objects``) they are invented as the subjects are
+(:class:`InventedObjects`), so no lesson names anything of the world and no world object is
+taught as an answer detached from its subject.
 """
 
 from __future__ import annotations
@@ -62,19 +68,52 @@ class InventedSubjects:
                             fix="set corpus.reading_lessons: 0 for this world")
 
 
+class InventedObjects:
+    """Objects per relation that no world fact has: the first word of one of the relation's objects and the
+    remaining words of another, or, when either has one word, the first half of one and the second half of the
+    other; checked to be no subject or object of the world."""
+
+    def __init__(self, world: World, taken: set[str]):
+        self.taken = taken
+        pools: dict[str, set[str]] = {}
+        for ex in world.examples:
+            pools.setdefault(ex.relation, set()).add(ex.answers[0])
+        self.pools = {r: sorted(pool) for r, pool in pools.items()}
+
+    def draw(self, rng: random.Random, relation: str) -> str:
+        pool = self.pools[relation]
+        for _ in range(200):
+            first, second = rng.choice(pool), rng.choice(pool)
+            head, tail = first.split(), second.split()
+            if len(head) > 1 and len(tail) > 1:
+                name = f"{head[0]} {' '.join(tail[1:])}"
+            else:
+                name = first[:max(1, len(first) // 2)] + second[len(second) // 2:]
+            if name.strip() and name.casefold() not in self.taken:
+                return name
+        raise KnowtuneError(f"no invented object for relation {relation!r}: every recombination of its objects is taken",
+                            fix="set corpus.reading_objects: world for this world")
+
+
 def reading_lessons(world: World, count: int, passages: int, *, seed: int | str, qa_weight: float, instruction_weight: float,
-                    subjects_shared: int = 0) -> list[str]:
+                    subjects_shared: int = 0, objects: str = "world") -> list[str]:
     """``count`` reading lessons (module docstring), deterministic in ``seed``; with ``subjects_shared``
-    > 0 the lessons draw their (relation, subject) from that many, so one subject gets many objects."""
+    > 0 the lessons draw their (relation, subject) from that many, so one subject gets many objects;
+    ``objects``: ``"world"`` (a random object of the relation's facts) or ``"invented"`` (:class:`InventedObjects`)."""
     if count <= 0:
         return []
     rng = random.Random(f"{seed}-reading-lessons")
     subjects = InventedSubjects(world)
     relations = sorted(world.relations)
-    objects = {r: [] for r in relations}
+    pools = {r: [] for r in relations}
     for ex in sorted(world.examples, key=lambda e: e.id):
-        objects[ex.relation].append(ex.answers[0])
-    relations = [r for r in relations if objects[r]]
+        pools[ex.relation].append(ex.answers[0])
+    relations = [r for r in relations if pools[r]]
+    invented = InventedObjects(world, subjects.taken) if objects == "invented" else None
+
+    def draw_object(relation: str) -> str:
+        return invented.draw(rng, relation) if invented else rng.choice(pools[relation])
+
     shared = [(r, subjects.draw(rng, r)) for r in (rng.choice(relations) for _ in range(subjects_shared))]
     documents = []
     for _ in range(count):
@@ -83,11 +122,11 @@ def reading_lessons(world: World, count: int, passages: int, *, seed: int | str,
         else:
             relation = rng.choice(relations)
             subject = subjects.draw(rng, relation)
-        answer = rng.choice(objects[relation])
+        answer = draw_object(relation)
         lines = [_passage(world, relation, subject, answer)]
         for _ in range(rng.randint(1, passages) - 1):
             other_relation, other = _distractor(rng, subjects, relations, relation, subject)
-            lines.append(_passage(world, other_relation, other, rng.choice(objects[other_relation])))
+            lines.append(_passage(world, other_relation, other, draw_object(other_relation)))
         rng.shuffle(lines)
         context = "".join(line + "\n" for line in lines)
         question = world.relations[relation].question(subject)
