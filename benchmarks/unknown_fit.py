@@ -14,12 +14,15 @@ config, one checkpoint per epoch, into WORK_DIR; reused when it is there) and an
 each epoch's checkpoint, the test facts the study evaluates (the same seeded sample of ``max_eval_examples``).
 Per epoch it prints the exact match, the share of answers that are the answer of some training example of the
 variant (a memorised Unknown target given to an unrelated test question: a hallucination the fit put there),
-the number of distinct answers, and the exact match among the other answers.
+the number of distinct answers, the exact match among the other answers, the share of answers that are an object of
+the question's relation (the answer of some fact of that relation in the study's data), and the answer given most
+often with its count.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import subprocess
 import sys
@@ -57,19 +60,24 @@ def probe(study: Path, variant: str, work: Path) -> None:
     task = load_task(run / "task.yaml")
     test = eval_subset(load_examples(study / "data" / "examples.jsonl", split="test"), config["max_eval_examples"], config["seed"])
     trained = {normalize_answer(a, task.match) for ex in load_examples(train_file) for a in ex.answers}
+    relation_objects = {(ex.relation, normalize_answer(a, task.match)) for ex in load_examples(study / "data" / "examples.jsonl")
+                        for a in ex.answers}
     steps_per_epoch = min(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
     checkpoints = {0: base} | {int(p.name.split("-")[1]) // steps_per_epoch: p for p in (out / "checkpoints").iterdir()}
     _, tokenizer = load(base)
     print(f"{variant}: {len(test)} test facts, {len(trained)} distinct training answers")
-    print(f"{'epoch':>5} {'test EM':>7} {'a training answer':>17} {'distinct answers':>16} {'EM of the others':>16}")
+    print(f"{'epoch':>5} {'test EM':>7} {'a training answer':>17} {'distinct answers':>16} {'EM of the others':>16} "
+          f"{'relation objects':>16}  most repeated answer")
     for epoch in sorted(e for e in checkpoints if e in PROBED_EPOCHS):
         model, _ = load(checkpoints[epoch])
         result = evaluate_examples(model, tokenizer, test, task=task, batch_size=256)
         answers = [normalize_answer(p.prediction, task.match) for p in result.predictions]
         memorised = [a in trained for a in answers]
         others = [p.correct for p, m in zip(result.predictions, memorised, strict=True) if not m]
+        of_relation = sum((p.relation, a) in relation_objects for p, a in zip(result.predictions, answers, strict=True))
+        (top, count), = collections.Counter(p.prediction for p in result.predictions).most_common(1)
         print(f"{epoch:>5} {100 * result.exact_match:>7.1f} {sum(memorised) / len(answers):>17.3f} {len(set(answers)):>16} "
-              f"{100 * sum(others) / max(1, len(others)):>16.1f}")
+              f"{100 * sum(others) / max(1, len(others)):>16.1f} {of_relation / len(answers):>16.3f}  {count} x {top!r}")
 
 
 def main() -> None:

@@ -37,9 +37,12 @@ def test_probe_reruns_the_variant_and_answers_at_every_epoch(route_study, tmp_pa
     study, _ = route_study
     lines = _run(_script().probe, study, "D_50", tmp_path)
     assert (tmp_path / "D_50" / "model").is_dir()
+    asked = int(lines[0].split()[1])
     rows = [line.split() for line in lines[2:]]
     assert [int(row[0]) for row in rows] == [0, 1, 2]
-    for _, em, memorised, distinct, others in rows:
+    for _, em, memorised, distinct, others, of_relation, count, times, *_ in rows:
         assert 0 <= float(em) <= 100 and 0 <= float(memorised) <= 1 and int(distinct) >= 1 and 0 <= float(others) <= 100
+        assert 0 <= float(of_relation) <= 1 and 1 <= int(count) <= asked and times == "x"
+    assert rows[0][6:] == [str(asked), "x", "''"]  # the base model answers nothing in the new format
     metrics = [json.loads(line) for line in (study / "runs" / "D_50" / "metrics.jsonl").read_text().splitlines()]
     assert float(rows[0][1]) == round(100 * metrics[0]["test/exact_match"], 1)  # epoch 0 is the base model, as in the study
