@@ -58,10 +58,10 @@ def probe(study: Path, variant: str, work: Path) -> None:
         subprocess.run([sys.executable, "-m", "knowtune", "train", "--config", str(run / "config.yaml"), "--model", str(base),
                         "--data", str(train_file), "--save-every-epoch", "--no-eval-every-epoch", "--out", str(out)], check=True)
     task = load_task(run / "task.yaml")
-    test = eval_subset(load_examples(study / "data" / "examples.jsonl", split="test"), config["max_eval_examples"], config["seed"])
+    facts = load_examples(study / "data" / "examples.jsonl")
+    test = eval_subset([ex for ex in facts if ex.split == "test"], config["max_eval_examples"], config["seed"])
     trained = {normalize_answer(a, task.match) for ex in load_examples(train_file) for a in ex.answers}
-    relation_objects = {(ex.relation, normalize_answer(a, task.match)) for ex in load_examples(study / "data" / "examples.jsonl")
-                        for a in ex.answers}
+    relation_objects = {(ex.relation, normalize_answer(a, task.match)) for ex in facts for a in ex.answers}
     steps_per_epoch = min(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
     checkpoints = {0: base} | {int(p.name.split("-")[1]) // steps_per_epoch: p for p in (out / "checkpoints").iterdir()}
     _, tokenizer = load(base)

@@ -30,6 +30,7 @@ On disk (``save``/``load``)::
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +138,6 @@ class RetrievalStore:
     def save_complete(self, directory: str | Path) -> Path:
         """:meth:`save` into a hidden ``.NAME.partial`` beside ``directory`` (new or empty), renamed into place when
         complete: a crash never leaves a half store at ``directory``."""
-        import shutil
-
         directory = Path(directory)
         partial = directory.with_name(f".{directory.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
