@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +18,19 @@ SHARED_EQ = REPO.parent / "shared" / "datasets" / "entityquestions"
 def entityquestions_dir() -> Path:
     assert SHARED_EQ.is_dir(), f"{SHARED_EQ} is missing: the shared EntityQuestions data sits beside the repo"
     return SHARED_EQ
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """A loader of the scripts in benchmarks/ (not a package): ``benchmark_script("demo")`` is benchmarks/demo.py as a module."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

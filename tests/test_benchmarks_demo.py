@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the benchmark reads /proc (Linux)")
-def test_the_sampler_counts_children_and_grandchildren():
-    spec = importlib.util.spec_from_file_location("bench_demo", REPO / "benchmarks" / "demo.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_sampler_counts_children_and_grandchildren(benchmark_script):
+    bench = benchmark_script("demo")
     # a child that starts a grandchild holding ~200 MB, as the demo's spawned workers do
     code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
             "'b = bytearray(200 * 2**20); import time; time.sleep(30)']); p.wait()")

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def test_selfdistill_benchmark_prints_the_ratio_line(capsys):
-    spec = importlib.util.spec_from_file_location("bench_selfdistill", REPO / "benchmarks" / "selfdistill.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_selfdistill_benchmark_prints_the_ratio_line(benchmark_script, capsys):
+    bench = benchmark_script("selfdistill")
     verbosity = hf_logging.get_verbosity()
     try:
         bench.main(["--steps", "2", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--top-k", "8"])

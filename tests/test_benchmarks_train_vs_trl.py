@@ -3,21 +3,14 @@ installed (a benchmark-only dependency, ``pip install -e .[bench]``; not in the 
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_vs_trl", REPO / "benchmarks" / "train_vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script):
+    return benchmark_script("train_vs_trl")
 
 
 def test_prompt_completion_records_are_knowtunes_rows(bench):

@@ -1,30 +1,19 @@
 """benchmarks/candidate.py: the audit and study figures it reads back, and the comparison it prints."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_candidate", REPO / "benchmarks" / "candidate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_audit_runs_the_exposure_check_on_the_annotations(route_study, tmp_path):
+def test_audit_runs_the_exposure_check_on_the_annotations(route_study, tmp_path, benchmark_script):
     from knowtune.exposure import validate_against_exposure
     from knowtune.models import DEFAULT_MODEL_DIR
     from knowtune.pretrain import load_exposures
 
     study, _ = route_study
     shutil.copytree(study / "audit", tmp_path / "audit")  # an audit already there is not run again
-    figures = _script().audit(str(DEFAULT_MODEL_DIR), tmp_path, tmp_path / "unused-sample.jsonl")
+    figures = benchmark_script("candidate").audit(str(DEFAULT_MODEL_DIR), tmp_path, tmp_path / "unused-sample.jsonl")
     records = [json.loads(line) for line in (study / "audit" / "annotations.jsonl").read_text().splitlines() if line.strip()]
     expected = validate_against_exposure(records, load_exposures(DEFAULT_MODEL_DIR))
     assert (tmp_path / "exposure.json").is_file()
@@ -34,8 +23,8 @@ def test_audit_runs_the_exposure_check_on_the_annotations(route_study, tmp_path)
     assert figures["MaybeKnown"] == expected["per_category"]["MaybeKnown"]["facts"] / expected["facts"]
 
 
-def test_study_figures_and_the_findings_a_candidate_loses(route_study, tmp_path):
-    script = _script()
+def test_study_figures_and_the_findings_a_candidate_loses(route_study, tmp_path, benchmark_script):
+    script = benchmark_script("candidate")
     study, _ = route_study
     shutil.copytree(study, tmp_path / "demo")  # the work directory's study for demo.yaml, already finished
     linear, findings = script.study("default", tmp_path, "src/knowtune/study/demo.yaml")

@@ -1,19 +1,8 @@
 """benchmarks/unknown_fit.py: the dynamics table of a finished study, and the per-epoch re-run of one of its variants."""
 
 import contextlib
-import importlib.util
 import io
 import json
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_unknown_fit", REPO / "benchmarks" / "unknown_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(function, *args) -> list[str]:
@@ -23,19 +12,19 @@ def _run(function, *args) -> list[str]:
     return out.getvalue().splitlines()
 
 
-def test_dynamics_table_has_a_row_per_regression_point(route_study):
+def test_dynamics_table_has_a_row_per_regression_point(route_study, benchmark_script):
     study, _ = route_study
     points = json.loads((study / "analysis.json").read_text())["regression_points"]
-    lines = _run(_script().dynamics_table, study)
+    lines = _run(benchmark_script("unknown_fit").dynamics_table, study)
     assert len(lines) == 1 + len(points)
     first = lines[1].split()
     assert first[:2] == [points[0]["variant"], str(points[0]["epoch"])]
     assert float(first[4]) == round(points[0]["test"], 1)
 
 
-def test_probe_reruns_the_variant_and_answers_at_every_epoch(route_study, tmp_path):
+def test_probe_reruns_the_variant_and_answers_at_every_epoch(route_study, tmp_path, benchmark_script):
     study, _ = route_study
-    lines = _run(_script().probe, study, "D_50", tmp_path)
+    lines = _run(benchmark_script("unknown_fit").probe, study, "D_50", tmp_path)
     assert (tmp_path / "D_50" / "model").is_dir()
     asked = int(lines[0].split()[1])
     rows = [line.split() for line in lines[2:]]

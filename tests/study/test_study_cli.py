@@ -273,13 +273,9 @@ def test_the_methods_demo_config_compares_every_method_and_runs_the_key_experime
     assert config.train.drift is not None
 
 
-def test_selfdistill_settings_sweep_judges_each_setting_like_the_finding(methods_study, capsys):
-    import importlib.util
-
+def test_selfdistill_settings_sweep_judges_each_setting_like_the_finding(methods_study, benchmark_script, capsys):
     out_dir, _, _ = methods_study
-    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[2] / "benchmarks" / "selfdistill_settings.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = benchmark_script("selfdistill_settings")
     sweep.main(["--study", str(out_dir), "--only", "paper", "tau1", "--workers", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"paper_ratio=\S+ methods_yaml_ratio=\S+", lines[-1]), lines[-1]
