@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
+VERDICTS = {True: "holds", False: "fails", None: "untested"}
 
 
 def _run(command: list[str], done: Path, log: Path) -> None:
@@ -78,6 +79,12 @@ def study(model: str, work: Path, config: str) -> tuple[dict[str, float | None],
             {f["name"]: {"holds": f["holds"], "value": f["value"]} for f in analysis["findings"]})
 
 
+def merge_findings(demo: dict[str, dict], methods: dict[str, dict]) -> dict[str, dict]:
+    """The demo's findings plus the methods study's others: the methods study also judges some demo findings on its
+    one mixture (or leaves them untested there), and the demo's verdicts on all its mixtures stand."""
+    return {**methods, **demo}
+
+
 def check(spec: str, work: Path, sample: Path, methods: bool) -> dict:
     from knowtune.models import model_dir_of
 
@@ -86,7 +93,7 @@ def check(spec: str, work: Path, sample: Path, methods: bool) -> dict:
     figures = {"model": model, "reading": reading(model, work), "audit": audit(model, work, sample)}
     figures["linear_model"], figures["findings"] = study(model, work, "src/knowtune/study/demo.yaml")
     if methods:
-        figures["findings"].update(study(model, work, "src/knowtune/study/methods.yaml")[1])
+        figures["findings"] = merge_findings(figures["findings"], study(model, work, "src/knowtune/study/methods.yaml")[1])
     return figures
 
 
@@ -104,7 +111,7 @@ def print_table(results: dict[str, dict]) -> None:
     names = sorted({name for r in results.values() for name in r["findings"]})
     for name in names:
         rows.append((name, lambda r, name=name: "-" if name not in r["findings"] else
-                     f"{'holds' if r['findings'][name]['holds'] else 'fails'} ({_fmt(r['findings'][name]['value'], 2)})"))
+                     f"{VERDICTS[r['findings'][name]['holds']]} ({_fmt(r['findings'][name]['value'], 2)})"))
     width = max(len(label) for label, _ in rows)
     print(f"{'':<{width}}  " + "  ".join(f"{label:<28}" for label in labels))
     for label, cell in rows:

@@ -35,6 +35,8 @@ def test_study_figures_and_the_findings_a_candidate_loses(route_study, tmp_path,
     baseline = {"findings": {"a": {"holds": True, "value": 1.0}, "b": {"holds": True, "value": 2.0}, "c": {"holds": False, "value": 0.0}}}
     candidate = {"findings": {"a": {"holds": True, "value": 1.5}, "b": {"holds": False, "value": -1.0}}}
     assert script.lost_findings({"candidate": candidate, "baseline": baseline}) == ["b"]
+    methods = {"a": {"holds": None, "value": None}, "d": {"holds": False, "value": 3.0}}
+    assert script.merge_findings(candidate["findings"], methods) == {**candidate["findings"], "d": methods["d"]}
 
     figures = {"reading": {"closed_em": 0.0, "k1_em": 0.5, "k2_em": 0.25, "fresh_lesson_em": 0.4, "fresh_qa_lesson_em": 0.7},
                "audit": {"rho": 0.83, "rho_not_inferable": 0.86, "HighlyKnown": 0.4, "MaybeKnown": 0.05, "WeaklyKnown": 0.1, "Unknown": 0.45},
