@@ -14,7 +14,7 @@ the same run) it runs, into ``WORK/<label>/`` (a step whose output is there is n
 * ``knowtune study --config src/knowtune/study/demo.yaml --model DIR``: the five demo findings and the
   in-distribution linear model (b_kn, b_unk, R^2);
 * with ``--methods``, ``knowtune study --config src/knowtune/study/methods.yaml --model DIR``: the method
-  comparison's findings (about 15 minutes more per model).
+  comparison's findings (about 12 minutes more per model on 2 cores).
 
 It prints one table of these figures with a column per model, then every finding that holds on the baseline
 but not on the candidate, and writes the figures to ``WORK/candidate.json``.
@@ -59,8 +59,10 @@ def reading(model: str, work: Path) -> dict[str, float]:
 def audit(model: str, work: Path, sample: Path) -> dict[str, float | None]:
     """Category shares and rho(exposure, category) of the 900-fact audit sample."""
     annotations, check = work / "audit", work / "exposure.json"
+    summary = annotations / "summary.json"
+    complete = summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("complete") is True
     _run([str(BIN / "knowtune"), "annotate", "--model", model, "--data", str(sample), "--split", "train", "--out", str(annotations)],
-         annotations / "annotations.jsonl", work / "annotate.log")
+         summary if complete else annotations / "not-complete", work / "annotate.log")  # an unfinished audit resumes
     _run([str(BIN / "knowtune"), "models", "exposure-check", "--annotations", str(annotations), "--model", model, "--out", str(check)],
          check, work / "exposure.log")
     result = json.loads(check.read_text(encoding="utf-8"))
@@ -86,11 +88,11 @@ def merge_findings(demo: dict[str, dict], methods: dict[str, dict]) -> dict[str,
 
 
 def check(spec: str, work: Path, sample: Path, methods: bool) -> dict:
-    from knowtune.models import model_dir_of
+    from knowtune.models import fingerprint_of, model_dir_of
 
     model = str(model_dir_of(spec).resolve())  # `default` or a relative path, as the subprocesses in ROOT need it
     work.mkdir(parents=True, exist_ok=True)
-    figures = {"model": model, "reading": reading(model, work), "audit": audit(model, work, sample)}
+    figures = {"model": model, "model_fingerprint": fingerprint_of(model), "reading": reading(model, work), "audit": audit(model, work, sample)}
     figures["linear_model"], figures["findings"] = study(model, work, "src/knowtune/study/demo.yaml")
     if methods:
         figures["findings"] = merge_findings(figures["findings"], study(model, work, "src/knowtune/study/methods.yaml")[1])
@@ -131,12 +133,15 @@ def main() -> None:
     parser.add_argument("--baseline", help="a model to check the same way in the same run, e.g. `default`")
     parser.add_argument("--methods", action="store_true", help="also run the method comparison demo (methods.yaml)")
     args = parser.parse_args()
+    from knowtune.io import atomic_write_json
+    from knowtune.provenance import provenance
+
     args.out.mkdir(parents=True, exist_ok=True)
     sample = args.out / "audit900.jsonl"
     _run([sys.executable, "benchmarks/maybeknown.py", "--write-sample", str(sample)], sample, args.out / "sample.log")
     models = {"candidate": args.model, **({"baseline": args.baseline} if args.baseline else {})}
     results = {label: check(model, args.out / label, sample, args.methods) for label, model in models.items()}
-    (args.out / "candidate.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(args.out / "candidate.json", {**results, "provenance": provenance(vars(args) | {"out": str(args.out)})})
     print_table(results)
     if args.baseline:
         print("findings that hold on the baseline but not on the candidate: " + (", ".join(lost_findings(results)) or "none"))
