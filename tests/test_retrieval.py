@@ -41,6 +41,27 @@ def test_each_question_retrieves_its_own_fact_first(store, facts):
     assert store.search([facts[0].question], 10_000)[0][0].id == facts[0].id  # k above the store's size is capped
 
 
+def test_the_relevance_gate_keeps_the_passages_about_the_question(store, facts, tmp_path):
+    from knowtune.retrieval import evaluation_contexts
+
+    asked = facts[:40]
+    strangers = sorted(load_embedded_world().split("train"), key=lambda e: e.id)[400:600]  # facts the store does not hold
+    index = {p.id: i for i, p in enumerate(store.passages)}
+    assert all(store.relevance(ex.question, index[ex.id]) == pytest.approx(1.0) for ex in asked)
+    gated = store.search([ex.question for ex in asked], 2, min_relevance=0.5)
+    assert sum(found[:1] == [store.passages[index[ex.id]]] for found, ex in zip(gated, asked)) >= 0.95 * len(asked)
+    ungated = store.search([ex.question for ex in strangers], 2)
+    kept = store.search([ex.question for ex in strangers], 2, min_relevance=0.5)
+    assert sum(map(len, kept)) < 0.2 * sum(map(len, ungated))  # questions about other subjects mostly get none
+    for question, found in zip([ex.question for ex in strangers], kept):
+        assert all(store.relevance(question, index[p.id]) >= 0.5 for p in found)
+    assert store.search([ex.question for ex in strangers], 2, min_relevance=None) == ungated
+    store.save(tmp_path / "s")
+    contexts, record = evaluation_contexts(tmp_path / "s", strangers, 2, min_relevance=0.5)
+    assert record["min_relevance"] == 0.5 and record["closed_book_questions"] == sum(not c for c in contexts) >= 0.8 * len(strangers)
+    assert "min_relevance" not in evaluation_contexts(tmp_path / "s", strangers, 2)[1]
+
+
 def test_store_survives_save_and_load_with_its_provenance(store, facts, tmp_path):
     store.save(tmp_path / "s")
     loaded = RetrievalStore.load(tmp_path / "s")
@@ -102,6 +123,13 @@ def test_evaluate_cli_records_the_store_and_prompt_format(capsys, tmp_path):
     assert metrics["provenance"]["config"]["retrieval_k"] == 1
     code, _, err = run_cli(capsys, "evaluate", "--data", tmp_path / "world", "--retrieval", tmp_path / "nowhere")
     assert code == 2 and "not a retrieval store" in " ".join(err.split())
+    code, _, err = run_cli(capsys, "evaluate", "--data", tmp_path / "world", "--split", "test", "--retrieval", tmp_path / "store",
+                           "--retrieval-min-relevance", "0.5", "--out", tmp_path / "gated", "--limit", "4")
+    assert code == 0, err
+    gated = json.loads((tmp_path / "gated" / "metrics.json").read_text())["retrieval"]
+    assert gated["min_relevance"] == 0.5 and gated["closed_book_questions"] == 0  # the store holds these very questions
+    code, _, err = run_cli(capsys, "evaluate", "--data", tmp_path / "world", "--retrieval-min-relevance", "0.5", "--out", tmp_path / "none")
+    assert code == 2 and "--retrieval STORE" in " ".join(err.split()) and not (tmp_path / "none").exists()
 
 
 def _open_book_corpus(fraction: float, documents: int = 2):

@@ -301,6 +301,8 @@ class EvalConfig(ServedSettings):
     ``model`` then names the served model's tokenizer only.
     """
 
+    ADDED_DEFAULTS = {"retrieval_min_relevance": None}
+
     model: str = "default"
     """Model dir (e.g. a train run's OUT/model), Hugging Face Hub id, or default."""
     data: str | None = None
@@ -339,6 +341,9 @@ class EvalConfig(ServedSettings):
     """A retrieval store (`knowtune curate --route-unknown retrieval`): its top passages go before each prompt (docs/train.md)."""
     retrieval_k: int = Field(2, ge=1)
     """Passages retrieved per question with --retrieval."""
+    retrieval_min_relevance: float | None = Field(None, gt=0.0)
+    """With --retrieval: leave out passages less relevant than this (BM25 score for the question over the score for the
+    passage's own question, 1.0 for that question; knowtune.retrieval); a question with none left is asked closed book."""
 
     def task_spec(self) -> TaskSpec:
         """The evaluation's task: the ``task`` file (if any) with this config's prompt keys on top."""

@@ -16,6 +16,14 @@ Ranking. Okapi BM25 (Robertson & Zaragoza 2009) from the ``bm25s`` library, Luce
 k1 = 1.5, b = 0.75, over lower-cased word tokens with English stopwords removed; the query is
 the question text.
 
+Relevance gate (``min_relevance``). BM25 always returns the top k passages, even for a question the
+store knows nothing about, and a model that reads copies from whatever it is given. A passage's
+relevance to a query is its BM25 score for the query divided by its score for its own fact's
+question: 1.0 for that very question, near 0 for a question that shares only the relation's
+wording. With ``min_relevance`` set, passages below it are left out, so a question about none of
+the store's facts is asked closed book. Scores are only comparable within one passage, which is
+why each is divided by its own question's.
+
 Prompt (:data:`PROMPT_FORMAT`). The top-k passages, best first, one per line, then the usual
 prompt of the task (fine-tuning template or few-shot prompt), unchanged.
 
@@ -104,6 +112,7 @@ class RetrievalStore:
         self.retriever = retriever
         self.record = dict(record)
         self.examples = list(examples)
+        self._own_scores: dict[int, float] = {}
 
     @classmethod
     def build(cls, examples: Sequence[QAExample], relations: Mapping[str, Any] | None = None, *,
@@ -173,16 +182,33 @@ class RetrievalStore:
             raise DataError(directory / PASSAGES_FILE, f"{len(passages)} passages, but {STORE_FILE} says {record.get('passages')}", fix=_LOAD_FIX)
         return cls(passages, retriever, record)
 
-    def search(self, queries: Sequence[str], k: int = 2) -> list[list[Passage]]:
+    def search(self, queries: Sequence[str], k: int = 2, min_relevance: float | None = None) -> list[list[Passage]]:
         """The ``k`` best passages of each query by BM25 score, best first (fewer when the store is smaller;
-        passages sharing no word with the query are left out)."""
+        passages sharing no word with the query are left out, and with ``min_relevance`` those whose
+        :meth:`relevance` to the query is below it)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}", fix="pass --retrieval-k 1 or more")
         if not queries:
             return []
         k = min(k, len(self.passages))
         indices, scores = self.retriever.retrieve(_tokenize(queries), k=k, show_progress=False, n_threads=1, backend_selection="numpy")  # (Q, k) each
-        return [[self.passages[int(i)] for i, s in zip(row, row_scores) if s > 0] for row, row_scores in zip(indices, scores)]
+        return [[self.passages[int(i)] for i, s in zip(row, row_scores)
+                 if s > 0 and (min_relevance is None or s / self.own_score(int(i)) >= min_relevance)]
+                for row, row_scores in zip(indices, scores)]
+
+    def own_score(self, index: int) -> float:
+        """Passage ``index``'s BM25 score for its own fact's question (the denominator of its relevance)."""
+        if index not in self._own_scores:
+            self._own_scores[index] = self._score(self.passages[index].question, index)
+        return self._own_scores[index] or float("inf")  # a question sharing no word with its passage: nothing is relevant to it
+
+    def relevance(self, query: str, index: int) -> float:
+        """Passage ``index``'s BM25 score for ``query`` divided by its score for its own question (module docstring)."""
+        return self._score(query, index) / self.own_score(index)
+
+    def _score(self, query: str, index: int) -> float:
+        ids = self.retriever.get_tokens_ids(_tokenize([query])[0])  # words the index has never seen are left out
+        return float(self.retriever.get_scores_from_ids(ids)[index]) if ids else 0.0
 
 
 def context_text(passages: Sequence[Passage]) -> str:
@@ -190,23 +216,31 @@ def context_text(passages: Sequence[Passage]) -> str:
     return "".join(p.text + "\n" for p in passages)
 
 
-def retrieval_contexts(store: RetrievalStore, examples: Sequence[QAExample], k: int = 2, task=None) -> list[str]:
-    """The passages block of each example (its question's top ``k`` passages, :func:`context_text`), to go
-    before its usual prompt (:data:`PROMPT_FORMAT`). A chat-template task is refused: the block would sit
-    outside the chat turn."""
+def retrieval_contexts(store: RetrievalStore, examples: Sequence[QAExample], k: int = 2, task=None,
+                       min_relevance: float | None = None) -> list[str]:
+    """The passages block of each example (its question's top ``k`` passages, :func:`context_text`; with
+    ``min_relevance`` only those at least that relevant, so possibly none), to go before its usual prompt
+    (:data:`PROMPT_FORMAT`). A chat-template task is refused: the block would sit outside the chat turn."""
     if task is not None and task.tokens.chat_template:
         raise ConfigError("--retrieval puts passages before plain prompt text; the task wraps prompts in a chat template",
                           fix="set tokens.chat_template: false in the task, or drop --retrieval")
-    return [context_text(found) for found in store.search([ex.question for ex in examples], k)]
+    return [context_text(found) for found in store.search([ex.question for ex in examples], k, min_relevance)]
 
 
-def retrieval_provenance(store_dir: str | Path, store: RetrievalStore, k: int) -> dict[str, Any]:
-    """The ``retrieval`` block of ``metrics.json``: store path, size and format, k and the prompt format."""
+def retrieval_provenance(store_dir: str | Path, store: RetrievalStore, k: int, min_relevance: float | None = None) -> dict[str, Any]:
+    """The ``retrieval`` block of ``metrics.json``: store path, size and format, k, the relevance gate and the prompt format."""
     return {"store": str(store_dir), "k": k, "passages": len(store.passages), "format": store.record["format"],
-            "version": store.record["version"], "bm25": store.record["bm25"], "prompt_format": PROMPT_FORMAT}
+            "version": store.record["version"], "bm25": store.record["bm25"], "prompt_format": PROMPT_FORMAT,
+            **({"min_relevance": min_relevance} if min_relevance is not None else {})}
 
 
-def evaluation_contexts(store_dir: str | Path, examples: Sequence[QAExample], k: int, task=None) -> tuple[list[str], dict[str, Any]]:
-    """``knowtune evaluate --retrieval STORE``: each example's passages block and the ``retrieval`` block of ``metrics.json``."""
+def evaluation_contexts(store_dir: str | Path, examples: Sequence[QAExample], k: int, task=None,
+                        min_relevance: float | None = None) -> tuple[list[str], dict[str, Any]]:
+    """``knowtune evaluate --retrieval STORE``: each example's passages block and the ``retrieval`` block of ``metrics.json``
+    (with it, the number of questions that got no passage past the relevance gate)."""
     store = RetrievalStore.load(store_dir)
-    return retrieval_contexts(store, examples, k, task), retrieval_provenance(store_dir, store, k)
+    contexts = retrieval_contexts(store, examples, k, task, min_relevance)
+    record = retrieval_provenance(store_dir, store, k, min_relevance)
+    if min_relevance is not None:
+        record["closed_book_questions"] = sum(not context for context in contexts)
+    return contexts, record

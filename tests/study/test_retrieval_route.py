@@ -41,6 +41,9 @@ def test_the_section_needs_the_sft_and_filtered_runs_of_the_comparison():
     assert (config.retrieval_route.k, config.retrieval_route.base_shots) == (2, None)
     assert (config.retrieval_route.finetune_with_passages, config.retrieval_route.oracle_share) == (False, None)
     assert config.retrieval_route.model_dump() == {"k": 2, "base_shots": None}  # studies saved before the keys keep their hashes
+    with pytest.raises(ValidationError, match="min_relevance"):
+        RetrievalRouteConfig.model_validate({"min_relevance": 0})
+    assert RetrievalRouteConfig.model_validate({"min_relevance": 0.5}).model_dump()["min_relevance"] == 0.5
     with pytest.raises(ValidationError, match="oracle_share .*finetune_with_passages: true"):
         RetrievalRouteConfig.model_validate({"oracle_share": 0.5})
     with pytest.raises(ValidationError, match="oracle_share"):
@@ -62,6 +65,7 @@ def test_passage_recall_counts_facts_whose_own_passage_is_retrieved():
     others = RetrievalStore.build(sorted(load_embedded_world().split("train"), key=lambda e: e.id)[100:160], relation_specs("embedded"))
     assert passage_recall(others, facts, 2) == 0.0  # a store without the facts never returns their passages
     assert passage_recall(store, [], 2) is None
+    assert passage_recall(others, facts, 2, min_relevance=0.5) == 0.0 and passage_recall(store, facts, 2, min_relevance=0.5) >= 95.0
 
 
 def test_the_finding_compares_the_route_with_sft_at_early_stop():
@@ -76,6 +80,8 @@ def test_the_finding_compares_the_route_with_sft_at_early_stop():
     assert "SFT on Known with passages + retrieval 40.0%" in retrieval_beats_sft_on_unknown(with_passages)["detail"]
     assert retrieval_beats_sft_on_unknown(with_passages)["value"] == pytest.approx(-7.2)  # the finding still compares known_retrieval
     assert retrieval_beats_sft_on_unknown({"rows": []})["holds"] is None
+    gated = {**comparison(60.0), "min_relevance": 0.5, "test_closed_book_questions": 280}
+    assert "passages below relevance 0.5 left out, which asks 280 of the 300 test questions closed book" in retrieval_beats_sft_on_unknown(gated)["detail"]
 
 
 def test_the_report_has_a_row_per_route():

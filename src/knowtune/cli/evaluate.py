@@ -60,6 +60,8 @@ def run_evaluate(config) -> None:
     config.check_served()
     if config.abstain.method != "none" and config.served():
         raise KnowtuneError("--abstain agreement samples answers in-process", fix="leave out --backend openai, or drop --abstain")
+    if config.retrieval_min_relevance is not None and config.retrieval is None:
+        raise KnowtuneError("--retrieval-min-relevance gates the passages of --retrieval, which is not set", fix="add --retrieval STORE, or drop --retrieval-min-relevance")
     if config.abstain.method != "none" and config.retrieval is not None:
         raise KnowtuneError("--abstain agreement samples answers without the retrieved passages", fix="drop --abstain or --retrieval")
     task = config.task_spec()
@@ -74,7 +76,7 @@ def run_evaluate(config) -> None:
     if config.retrieval is not None:  # knowtune.retrieval: the top passages before each prompt
         from knowtune.retrieval import evaluation_contexts
 
-        contexts, retrieval = evaluation_contexts(config.retrieval, selected, config.retrieval_k, task)
+        contexts, retrieval = evaluation_contexts(config.retrieval, selected, config.retrieval_k, task, config.retrieval_min_relevance)
     if config.served():
         result, fingerprint = _evaluate_served(config, selected, task, pool, categories, judge, contexts)
     else:

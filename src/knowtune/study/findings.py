@@ -225,6 +225,9 @@ def retrieval_beats_sft_on_unknown(comparison: Mapping[str, Any]) -> dict[str, A
         detail += f", SFT on Known with passages + retrieval {_fmt(passages['unknown'])}%"
     if alone is not None:
         detail += f", retrieval alone (base model) {alone['unknown']:.1f}%"
+    if comparison.get("min_relevance") is not None:
+        detail += (f"; passages below relevance {comparison['min_relevance']:g} left out, which asks {comparison['test_closed_book_questions']} "
+                   f"of the {comparison['test_questions']} test questions closed book")
     detail += "; held-out forgetting " + ", ".join(f"{r['label']} {_fmt(r['forgetting'])}" for r in comparison["rows"])
     detail += "; test EM " + ", ".join(f"{r['label']} {_fmt(r['test'])}" for r in comparison["rows"])
     return finding(name, value > 0, value, detail)

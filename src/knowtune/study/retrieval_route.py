@@ -69,12 +69,14 @@ LABELS = {"sft": "SFT on everything", "sft_es": "SFT on everything, EARLY_STOP",
 class RetrievalRouteConfig(StageConfig):
     """The ``retrieval_route:`` section of a study config (docs/study.md, "Retrieval instead of fine-tuning")."""
 
-    ADDED_DEFAULTS = {"finetune_with_passages": False, "oracle_share": None}
+    ADDED_DEFAULTS = {"finetune_with_passages": False, "oracle_share": None, "min_relevance": None}
 
     k: int = Field(2, ge=1)
     """Passages retrieved per question."""
     base_shots: int | None = Field(None, ge=0)
     """Exemplars in the base model's few-shot prompt (retrieval alone); default: the audit's k."""
+    min_relevance: float | None = Field(None, gt=0.0)
+    """Passages less relevant than this are left out (``knowtune evaluate --retrieval-min-relevance``); unset: the top k always."""
     finetune_with_passages: bool = False
     """Also train D_Known_X with every question's top-k passages in its prompt (route ``known_passages``, docs/study.md)."""
     oracle_share: float | None = Field(None, ge=0.0, le=1.0)
@@ -100,6 +102,7 @@ class RouteSetup:
     base_task: TaskSpec
     exemplar_pool: tuple[QAExample, ...]
     k: int = 2
+    min_relevance: float | None = None
     held_out: str = "HighlyKnown"
     seed: int = 0
     batch_size: int = 64
@@ -121,11 +124,11 @@ def sft_row(record: Mapping[str, Any], route: str, held_out: str = "HighlyKnown"
                 test=record.get("test/exact_match"), answer_rate=record.get("test/answer_rate"), epoch=record["epoch"])
 
 
-def passage_recall(store: RetrievalStore, facts: Sequence[QAExample], k: int) -> float | None:
-    """Percent of ``facts`` whose own passage is among the top ``k`` retrieved for its question."""
+def passage_recall(store: RetrievalStore, facts: Sequence[QAExample], k: int, min_relevance: float | None = None) -> float | None:
+    """Percent of ``facts`` whose own passage is among the top ``k`` retrieved for its question (past the relevance gate)."""
     if not facts:
         return None
-    found = store.search([f.question for f in facts], k)
+    found = store.search([f.question for f in facts], k, min_relevance)
     return 100.0 * sum(fact.id in {p.id for p in hits} for fact, hits in zip(facts, found)) / len(facts)
 
 
@@ -158,8 +161,8 @@ def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], k
 
     for task in (setup.train_task, setup.base_task):
         retrieval_contexts(setup.store, [], setup.k, task)  # refuses a chat-template task before any model loads
-    contexts = {"unknown": retrieval_contexts(setup.store, setup.unknown, setup.k),
-                "test": retrieval_contexts(setup.store, setup.test, setup.k)}
+    contexts = {"unknown": retrieval_contexts(setup.store, setup.unknown, setup.k, min_relevance=setup.min_relevance),
+                "test": retrieval_contexts(setup.store, setup.test, setup.k, min_relevance=setup.min_relevance)}
     es, conv = select_epochs(sft_metrics)
     by_epoch = {r["epoch"]: r for r in sft_metrics}
     rows = [sft_row(by_epoch[conv], "sft", setup.held_out)]
@@ -169,8 +172,11 @@ def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], k
     if passages_model is not None:
         rows.append(_measure_model(setup, passages_model, "known_passages", contexts))
     rows.append(_measure_model(setup, base_model, "retrieval", contexts))
+    gated = {} if setup.min_relevance is None else {
+        "min_relevance": setup.min_relevance, "unknown_closed_book_questions": sum(not c for c in contexts["unknown"]),
+        "test_closed_book_questions": sum(not c for c in contexts["test"])}
     return {"k": setup.k, "passages": len(setup.store.passages), "unknown_facts": len(setup.unknown), "test_questions": len(setup.test),
-            "held_out": setup.held_out, "passage_recall": passage_recall(setup.store, setup.unknown, setup.k), "rows": rows}
+            "held_out": setup.held_out, "passage_recall": passage_recall(setup.store, setup.unknown, setup.k, setup.min_relevance), **gated, "rows": rows}
 
 
 def route_store(study: Study) -> tuple[Path, list[QAExample]]:
@@ -239,7 +245,8 @@ def run_stage(study: Study) -> str:
         base_task = audit_task if config.base_shots is None else audit_task.updated(k=config.base_shots)
         pool = [e for e in load_examples(study.data_path) if e.split == audit_task.fewshot.exemplars_from]
         setup = RouteSetup(
-            store=RetrievalStore.load(store_dir), categories=categories, k=config.k, held_out=compare.held_out, seed=study.config.study_seed,
+            store=RetrievalStore.load(store_dir), categories=categories, k=config.k, min_relevance=config.min_relevance,
+            held_out=compare.held_out, seed=study.config.study_seed,
             unknown=tuple(e for e in eval_subset(mixture, train.max_eval_examples, train.seed) if categories.get(e.id) == "Unknown"),
             test=tuple(eval_subset(study.eval_splits().test, train.max_eval_examples, train.seed)),
             train_task=training_task(compare.train_config("filtered", train)), base_task=base_task, exemplar_pool=tuple(pool),
