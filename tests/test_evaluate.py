@@ -138,13 +138,14 @@ def test_evaluate_reads_every_key_from_its_config_file_and_flags_override_it(cap
                 "stop": ["\n\n", "Q:"], "match": {"nfkc": True, "lowercase": True, "strip_punctuation": True, "strip_articles": False,
                                                    "collapse_whitespace": True, "version": 1, "method": "f1", "f1_threshold": 0.6},
                 "abstain": {"method": "none", "samples": 3, "threshold": 2, "temperature": 0.7, "top_k": 5, "seed": 1},
-                "retrieval": None, "retrieval_k": 3}
+                "retrieval": None, "retrieval_k": 3, "retrieval_min_relevance": None}
     assert set(settings) == set(EvalConfig.model_fields)  # the YAML below sets every key
     (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(settings))
     code, _, err = run_cli(capsys, "evaluate", "--config", tmp_path / "evaluate.yaml", "--shots", "3", "--dtype", "bfloat16")
     assert code == 0, err
     saved = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())
-    assert saved == {**settings, "prompt": {**settings["prompt"], "shots": 3}, "dtype": "bfloat16"}
+    at_added_default = {"retrieval_min_relevance"}  # left out of saved configs at its default (EvalConfig.ADDED_DEFAULTS)
+    assert saved == {**{k: v for k, v in settings.items() if k not in at_added_default}, "prompt": {**settings["prompt"], "shots": 3}, "dtype": "bfloat16"}
     task = yaml.safe_load((tmp_path / "eval" / "task.yaml").read_text())
     # the task file's keys, overridden by the evaluate keys that were set (YAML or flags)
     assert task["generation"]["max_new_tokens"] == 9 and task["finetune"]["idk_phrase"] == "No idea"

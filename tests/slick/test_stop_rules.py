@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 from knowtune.matching import extract_answer
@@ -25,8 +26,10 @@ def test_the_audit_cuts_each_greedy_answer_at_the_earliest_stop_string(tiny_mode
         return [json.loads(line)["greedy_answers"] for line in (out / "annotations.jsonl").read_text().splitlines()]
 
     newline = greedy(tmp_path / "newline")
-    cut = greedy(tmp_path / "cut", stop=["\n", "e"])  # a letter: each answer up to its first e
-    assert cut == [[extract_answer(a, "e") for a in answers] for answers in newline]
-    assert any("e" in a for answers in newline for a in answers)  # the rule did cut something
+    # a letter inside the answers (after their first character): each answer is cut at its first one
+    letter = collections.Counter(ch for answers in newline for a in answers for ch in a[1:] if ch.isalpha()).most_common(1)[0][0]
+    cut = greedy(tmp_path / "cut", stop=["\n", letter])
+    assert cut == [[extract_answer(a, letter) for a in answers] for answers in newline]
+    assert cut != newline  # the rule did cut something
     protocols = [json.loads((tmp_path / d / "protocol.json").read_text())["protocol"]["decoding"]["stop"] for d in ("newline", "cut")]
-    assert protocols == ["\n", ["\n", "e"]]
+    assert protocols == ["\n", ["\n", letter]]
