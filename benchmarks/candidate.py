@@ -26,6 +26,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +40,12 @@ def _run(command: list[str], done: Path, log: Path) -> None:
     if done.exists():
         return
     print("$ " + " ".join(command), flush=True)
+    started = time.perf_counter()
     with log.open("w", encoding="utf-8") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     if code != 0:
         sys.exit(f"failed (exit {code}): {' '.join(command)}; see {log}")
+    print(f"  {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def reading(model: str, work: Path) -> dict[str, float]:

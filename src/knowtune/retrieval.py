@@ -242,5 +242,10 @@ def evaluation_contexts(store_dir: str | Path, examples: Sequence[QAExample], k:
     contexts = retrieval_contexts(store, examples, k, task, min_relevance)
     record = retrieval_provenance(store_dir, store, k, min_relevance)
     if min_relevance is not None:
-        record["closed_book_questions"] = sum(not context for context in contexts)
+        record["closed_book_questions"] = closed_book_count(contexts)
     return contexts, record
+
+
+def closed_book_count(contexts: Sequence[str]) -> int:
+    """Questions whose passages block is empty: every passage fell below the relevance gate."""
+    return sum(not context for context in contexts)

@@ -157,7 +157,7 @@ def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], k
     """Every route's measures (module docstring): the SFT rows from the ``sft`` run's records at EARLY_STOP
     and CONVERGENCE, the others by answering with the store's top ``k`` passages before each prompt
     (``known_passages`` when ``passages_model``, the run trained with passages, is given)."""
-    from knowtune.retrieval import retrieval_contexts
+    from knowtune.retrieval import closed_book_count, retrieval_contexts
 
     for task in (setup.train_task, setup.base_task):
         retrieval_contexts(setup.store, [], setup.k, task)  # refuses a chat-template task before any model loads
@@ -173,8 +173,8 @@ def measure_route(setup: RouteSetup, sft_metrics: Sequence[Mapping[str, Any]], k
         rows.append(_measure_model(setup, passages_model, "known_passages", contexts))
     rows.append(_measure_model(setup, base_model, "retrieval", contexts))
     gated = {} if setup.min_relevance is None else {
-        "min_relevance": setup.min_relevance, "unknown_closed_book_questions": sum(not c for c in contexts["unknown"]),
-        "test_closed_book_questions": sum(not c for c in contexts["test"])}
+        "min_relevance": setup.min_relevance, "unknown_closed_book_questions": closed_book_count(contexts["unknown"]),
+        "test_closed_book_questions": closed_book_count(contexts["test"])}
     return {"k": setup.k, "passages": len(setup.store.passages), "unknown_facts": len(setup.unknown), "test_questions": len(setup.test),
             "held_out": setup.held_out, "passage_recall": passage_recall(setup.store, setup.unknown, setup.k, setup.min_relevance), **gated, "rows": rows}
 
