@@ -11,7 +11,8 @@ from study_metrics import mini_key_overlap
 
 from knowtune.config import load_config
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.study.keys import RESULT_FILE, SUMMARY_FILE, KeyOverlapConfig, cell_name, namelike_keys_forget_more, run_key_overlap
+from knowtune.study.keys import (RESULT_FILE, SUMMARY_FILE, CellSettings, KeyOverlapConfig, cell_means, cell_name, namelike_keys_forget_more,
+                                 run_key_overlap)
 from knowtune.world.synthetic import generate_synthetic_world
 
 SIZES = [10, 12]
@@ -110,6 +111,39 @@ def test_finding_compares_with_every_other_key_type():
     assert namelike_keys_forget_more(rows)["holds"] is False
 
 
+def test_a_repeated_cell_is_the_mean_of_its_runs_with_the_spread_between_seeds():
+    runs = [{**_row("name", 100, f), "forgetting_se": 0.05, "held_out_accuracy_before": acc, "seed": seed}
+            for f, acc, seed in ((0.30, 0.5, 0), (0.50, 0.7, 1), (0.40, 0.6, 2))]
+    runs.append({**_row("random", 100, None), "forgetting_se": None, "held_out_accuracy_before": 0.0, "seed": 0})
+    runs.append({**_row("random", 100, 0.20), "forgetting_se": 0.04, "held_out_accuracy_before": 0.9, "seed": 1})
+    name, random_ = cell_means(runs)
+    assert name["forgetting"] == pytest.approx(0.40) and name["held_out_accuracy_before"] == pytest.approx(0.6)
+    assert name["forgetting_se"] == pytest.approx(0.1 / math.sqrt(3)), "sample sd of 30/50/40 over sqrt(3), not a run's binomial error"
+    assert name["runs"] == 3 and name["forgetting_runs"] == [0.30, 0.50, 0.40] and "seed" not in name
+    assert random_["forgetting"] == pytest.approx(0.20) and random_["forgetting_se"] == 0.04, "a run with undefined forgetting is left out"
+    assert random_["runs"] == 2 and random_["forgetting_runs"] == [None, 0.20]
+
+
+def test_the_finding_judges_a_repeated_cell_by_its_mean():
+    runs = [_row("name", 100, 0.30), _row("random", 100, 0.35), _row("name", 100, 0.60), _row("random", 100, 0.25)]
+    assert namelike_keys_forget_more(runs[:2])["holds"] is False, "the first run alone does not show it"
+    result = namelike_keys_forget_more(cell_means(runs))
+    assert result["holds"] is True and result["value"] == pytest.approx(15.0)
+
+
+def test_repeats_shift_every_seed_and_keep_the_key_types_paired():
+    config = mini_config(repeats=3, seed=4, pretrain={**mini_key_overlap(SIZES)["pretrain"], "seed": 10})
+    first, third = CellSettings.of(config, "name", 12, 0), CellSettings.of(config, "name", 12, 2)
+    assert (first.world.seed, first.pretrain.seed, first.pretrain.corpus.seed, first.finetune.seed) == (4, 10, 4, 4)
+    assert (third.world.seed, third.pretrain.seed, third.pretrain.corpus.seed, third.finetune.seed) == (6, 12, 6, 6)
+    assert CellSettings.of(config, "random", 12, 2).world.seed == 6
+    assert [cell_name("name", 12, run) for run in range(3)] == ["name-12", "name-12-run2", "name-12-run3"]
+    worlds = [generate_synthetic_world(config.world_config("name", 12, run)) for run in (0, 2)]
+    assert [ex.object for ex in worlds[0].examples] != [ex.object for ex in worlds[1].examples]
+    assert "repeats" not in mini_config().comparable() and config.comparable()["repeats"] == 3
+    assert CellSettings.of(mini_config(), "name", 12) == CellSettings.of(mini_config(repeats=2), "name", 12), "run 1 is the one-run cell"
+
+
 def test_finding_is_untested_without_both_key_types():
     assert namelike_keys_forget_more([_row("name", 100, 0.4), _row("name", 200, 0.3)])["holds"] is None
     assert namelike_keys_forget_more([_row("random", 100, 0.1)])["holds"] is None
@@ -127,6 +161,7 @@ def test_finding_is_untested_without_both_key_types():
     ({"key_types": ["names"]}, "key_types"),
     ({"finetune": {"method": "selfdistill"}}, "plain SFT"),
     ({"sizes": []}, "at least one world size"),
+    ({"repeats": 0}, "repeats"),
 ])
 def test_bad_config_is_rejected_with_a_clear_error(values, message):
     with pytest.raises(ValueError, match=message):

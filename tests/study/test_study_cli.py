@@ -254,6 +254,18 @@ def test_keys_command_runs_the_experiment_alone(tmp_path):
     assert "namelike_keys_forget_more" in stdout
     summary = json.loads((tmp_path / "keys" / "summary.json").read_text())
     assert {r["key_type"] for r in summary["rows"]} == {"name", "random"}
+    assert "repeats" not in yaml.safe_load((tmp_path / "keys" / "config.yaml").read_text()), "one-run configs are saved as before"
+
+    code, stdout, err = run("keys", "--config", config, "--repeats", "2", "--out", tmp_path / "keys")
+    assert code == 0, err
+    assert (err + stdout).count("finished earlier, skipped") == 2, "the first runs are reused"
+    repeated = json.loads((tmp_path / "keys" / "summary.json").read_text())
+    assert sorted((r["key_type"], r["seed"]) for r in repeated["runs"]) == [("name", 0), ("name", 1), ("random", 0), ("random", 1)]
+    assert json.loads((tmp_path / "keys" / "name-10-run2" / "cell.json").read_text())["world"]["seed"] == 1
+    for row in repeated["rows"]:
+        each = [r["forgetting"] for r in repeated["runs"] if r["key_type"] == row["key_type"]]
+        assert row["runs"] == 2 and row["forgetting_runs"] == each and row["forgetting"] == pytest.approx(sum(each) / 2)
+    assert "mean of 2 runs" in repeated["finding"]["detail"]
     config.write_text(yaml.safe_dump({**mini_key_overlap([10]), "sizez": [5]}))
     code, _, err = run("keys", "--config", config, "--out", tmp_path / "other")
     assert code == 2 and "sizez" in err and not (tmp_path / "other").exists()

@@ -151,6 +151,13 @@ def keys_section(keys: Mapping[str, Any] | None, figures: Mapping[str, bytes]) -
              "model does not. Paper: name-like keys forget 38-41%, random keys 0-4%; drift about 11% against 5%. docs/mechanism.md "
              "explains every measure.</p>")
     header = ["keys", "entities", "key overlap", "held-out before %", "after %", "forgetting %", "new facts %", "drift %", "format drift %"]
+    runs = [r.get("runs") or 1 for r in keys["rows"]]
+    if max(runs, default=1) > 1:
+        header.append("runs")
+        for row, n in zip(rows, runs):
+            row.append(str(n))
+        intro += ("<p>Each row is the mean over the cell's runs (seeds seed, seed + 1, ...); &plusmn; is the standard error of "
+                  "that mean across runs.</p>")
     return intro + _table(header, rows) + _figure(figures, "key_overlap", "forgetting and drift by key type and world size")
 
 

@@ -9,7 +9,9 @@ pieces) or random UUID keys: name-like keys forget 38-41% of held-out facts, ran
 key type and ~11% with name-like keys. This module repeats that design in miniature.
 
 Per cell (key type x world size), with one seed for every cell, so the key types form a
-paired design (same facts, same splits, same corpus layout; only the subjects' names differ):
+paired design (same facts, same splits, same corpus layout; only the subjects' names differ);
+``repeats`` > 1 runs every cell again with seeds ``seed + 1``, ``seed + 2``, ... (another world,
+corpus, pretraining and fine-tuning each time, still paired across key types):
 
 1. World (:func:`~knowtune.world.synthetic.generate_synthetic_world`, split by entity):
    ``train`` = *known* entities whose facts are fine-tuned on, ``dev`` = *held-out known*
@@ -30,8 +32,10 @@ Measures, on the held-out known facts H (never fine-tuned on) and the new facts 
     drift             = (1/|H|) sum_f (1 - cos(h_ref(f), h_ft(f)))     (knowtune.drift)
     format_drift      = the same between the pretrained base and the reference
 
-with h the hidden state at the last subject token of the fine-tuning prompt. Every cell
-writes ``<out>/<key_type>-<entities>/result.json`` last, so a rerun skips finished cells.
+with h the hidden state at the last subject token of the fine-tuning prompt. Every run of a cell
+writes ``<out>/<key_type>-<entities>[-run<r>]/result.json`` last, so a rerun skips finished runs.
+With repeats, a cell's measures are the means over its runs, and ``forgetting_se`` the standard
+error of that mean across runs (between-seed spread), not the binomial error of a single run.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class KeyOverlapConfig(StageConfig):
     their own. ``workers`` > 1 runs cells in parallel single-threaded processes.
     """
 
+    ADDED_DEFAULTS = {"repeats": 1}  # added later: one-run configs and their stage hashes stay as they were saved
+
     key_types: list[KeyType] = Field(default_factory=lambda: ["name", "random"])
     """Entity key types compared: name, random, uuid."""
     sizes: list[int] = Field(default_factory=lambda: [100, 200, 300])
@@ -103,6 +109,8 @@ class KeyOverlapConfig(StageConfig):
     """Share of entities that are new (never in the pretraining corpus)."""
     seed: int = 0
     """Seed of every cell (worlds, pretraining, fine-tuning) unless they set their own."""
+    repeats: int = Field(1, ge=1)
+    """Runs of every cell, the r-th with every seed plus r - 1: a cell's measures are the means over its runs."""
     format_epochs: int = Field(1, ge=1)
     """Epochs of the format stage whose model is the reference."""
     drift_layer: int = DEFAULT_LAYER
@@ -148,25 +156,24 @@ class KeyOverlapConfig(StageConfig):
                     raise ValueError(f"sizes: {n} entities leave the {min(counts, key=counts.get)} group empty ({counts}); use at least {_min_size(self)} entities")
         return self
 
-    def world_config(self, key_type: str, entities: int) -> SyntheticWorldConfig:
-        """The world of one cell: every cell shares ``seed``, so key types are paired."""
-        return SyntheticWorldConfig(name=f"keys-{key_type}-{entities}", seed=self.seed, num_entities=entities, relations=self.relations,
+    def world_config(self, key_type: str, entities: int, run: int = 0) -> SyntheticWorldConfig:
+        """The world of one cell's run ``run`` (0-based): every cell shares its run's seed, so key types are paired."""
+        return SyntheticWorldConfig(name=f"keys-{key_type}-{entities}", seed=self.seed + run, num_entities=entities, relations=self.relations,
                                     key_type=key_type, split_by="entity", train_share=self.finetune_known_share,
                                     dev_share=self.held_out_share, test_share=self.new_share)
 
-    def pretrain_config(self) -> PretrainConfig:
-        updates: dict[str, Any] = {}
-        if "seed" not in self.pretrain.model_fields_set:
-            updates["seed"] = self.seed
-        if "seed" not in self.pretrain.corpus.model_fields_set:
-            updates["corpus"] = self.pretrain.corpus.model_copy(update={"seed": self.seed})
-        return self.pretrain.model_copy(update=updates)
+    def pretrain_config(self, run: int = 0) -> PretrainConfig:
+        """Pretraining of run ``run``: its seeds are ``seed`` (or the section's own) plus ``run``."""
+        seed = self.pretrain.seed if "seed" in self.pretrain.model_fields_set else self.seed
+        corpus_seed = self.pretrain.corpus.seed if "seed" in self.pretrain.corpus.model_fields_set else self.seed
+        return self.pretrain.model_copy(update={"seed": seed + run, "corpus": self.pretrain.corpus.model_copy(update={"seed": corpus_seed + run})})
 
-    def finetune_config(self) -> TrainConfig:
-        return self.finetune if "seed" in self.finetune.model_fields_set else self.finetune.model_copy(update={"seed": self.seed})
+    def finetune_config(self, run: int = 0) -> TrainConfig:
+        seed = self.finetune.seed if "seed" in self.finetune.model_fields_set else self.seed
+        return self.finetune.model_copy(update={"seed": seed + run})
 
     def comparable(self) -> dict[str, Any]:
-        """The settings that decide results (``workers`` left out)."""
+        """The settings that decide results (``workers`` left out; ``repeats`` only when above 1, as saved before it existed)."""
         return self.model_dump(mode="json", exclude=set(RUN_KEYS))
 
 
@@ -182,8 +189,9 @@ def _min_size(config: KeyOverlapConfig) -> int:
     return math.ceil(1 / min(config.finetune_known_share, config.held_out_share, config.new_share)) + 1
 
 
-def cell_name(key_type: str, entities: int) -> str:
-    return f"{key_type}-{entities}"
+def cell_name(key_type: str, entities: int, run: int = 0) -> str:
+    """The folder of a cell's run (0-based): ``name-100``, then ``name-100-run2``, ``name-100-run3``, ..."""
+    return f"{key_type}-{entities}" + (f"-run{run + 1}" if run else "")
 
 
 class CellSettings(BaseModel):
@@ -200,10 +208,10 @@ class CellSettings(BaseModel):
     drift_layer: int
 
     @classmethod
-    def of(cls, config: KeyOverlapConfig, key_type: str, entities: int) -> CellSettings:
-        """The cell (``key_type``, ``entities``) of ``config``, read back from its JSON record as a resumed cell reads it."""
-        record = {"key_type": key_type, "entities": entities, "world": config.world_config(key_type, entities).model_dump(mode="json"),
-                  "pretrain": config.pretrain_config().model_dump(mode="json"), "finetune": config.finetune_config().model_dump(mode="json"),
+    def of(cls, config: KeyOverlapConfig, key_type: str, entities: int, run: int = 0) -> CellSettings:
+        """Run ``run`` of the cell (``key_type``, ``entities``) of ``config``, read back from its JSON record as a resumed cell reads it."""
+        record = {"key_type": key_type, "entities": entities, "world": config.world_config(key_type, entities, run).model_dump(mode="json"),
+                  "pretrain": config.pretrain_config(run).model_dump(mode="json"), "finetune": config.finetune_config(run).model_dump(mode="json"),
                   "format_epochs": config.format_epochs, "drift_layer": config.drift_layer}
         return cls.model_validate(record)
 
@@ -224,31 +232,35 @@ class CellJob:
     cell_dir: Path
 
     def run(self, log: Log) -> dict[str, Any]:
-        return run_cell(self.settings, self.cell_dir, log=lambda line: log(f"[{self.settings.name}] {line}"))
+        return run_cell(self.settings, self.cell_dir, log=lambda line: log(f"[{self.cell_dir.name}] {line}"))
 
 
 def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log = print) -> dict[str, Any]:
-    """Run every (key type, size) cell not finished yet under ``out_dir``; return and save the summary.
+    """Run every (key type, size) cell's runs not finished yet under ``out_dir``; return and save the summary.
 
     The summary (``out_dir/summary.json``) holds the config, one row per cell (see
-    :func:`run_cell`) and the finding :func:`namelike_keys_forget_more`.
+    :func:`run_cell`; with ``repeats`` > 1 the means over its runs, :func:`cell_means`, and
+    every run's row under ``runs``) and the finding :func:`namelike_keys_forget_more`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
-    cells = [(key_type, n) for n in config.sizes for key_type in config.key_types]
-    jobs = [CellJob(CellSettings.of(config, k, n), out_dir / cell_name(k, n)) for k, n in cells]
+    cells = [(key_type, n, run) for run in range(config.repeats) for n in config.sizes for key_type in config.key_types]
+    jobs = [CellJob(CellSettings.of(config, k, n, run), out_dir / cell_name(k, n, run)) for k, n, run in cells]
     start = time.monotonic()
     if config.workers == 1 or len(jobs) == 1:
-        rows = [job.run(log) for job in jobs]
+        runs = [job.run(log) for job in jobs]
     else:
-        log(f"{len(jobs)} cells, {config.workers} at a time in parallel single-threaded processes (largest worlds first)")
-        order = sorted(range(len(jobs)), key=lambda i: -cells[i][1])
+        log(f"{len(jobs)} cell runs, {config.workers} at a time in parallel single-threaded processes (largest worlds first)")
+        order = sorted(range(len(jobs)), key=lambda i: (-cells[i][1], cells[i][2]))
         with process_pool(config.workers) as pool:
             done = dict(zip(order, pool.map(_run_job_in_process, [jobs[i] for i in order])))
-        rows = [done[i] for i in range(len(jobs))]
-    summary = {"config": config.comparable(), "rows": rows, "finding": namelike_keys_forget_more(rows),
-               "seconds": round(time.monotonic() - start, 1)}
+        runs = [done[i] for i in range(len(jobs))]
+    for row, (_, _, run) in zip(runs, cells):
+        row["seed"] = config.seed + run
+    rows = cell_means(runs) if config.repeats > 1 else runs
+    summary = {"config": config.comparable(), "rows": rows, **({"runs": runs} if config.repeats > 1 else {}),
+               "finding": namelike_keys_forget_more(rows), "seconds": round(time.monotonic() - start, 1)}
     from knowtune.io import atomic_write_json
 
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
@@ -357,6 +369,40 @@ def _measure(world, held_out, model_dirs: Mapping[str, Path], tune: TrainConfig,
     }
 
 
+#: Row measures averaged over a cell's runs (the rest are the first run's, e.g. the fact counts).
+MEAN_MEASURES = ("held_out_accuracy_base", "held_out_accuracy_before", "held_out_accuracy_after", "forgetting", "new_fact_learning",
+                 "known_fit_after", "drift", "format_drift", "total_drift", "key_overlap", "key_overlap_tokens", "seconds")
+
+
+def cell_means(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (key type, size): the mean of each measure over the cell's runs.
+
+    ``forgetting_se`` = sample standard deviation of the runs' forgetting / sqrt(runs): the
+    spread between seeds (world, corpus, pretraining, fine-tuning), which a single run's
+    binomial error leaves out. ``runs`` counts them and ``forgetting_runs`` lists each run's.
+    A measure undefined in some run (forgetting when a reference knew no held-out fact) is
+    averaged over the runs that have it.
+    """
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in runs:
+        cells.setdefault((row["key_type"], row["entities"]), []).append(row)
+    means = []
+    for group in cells.values():
+        row = dict(group[0])
+        row.pop("seed", None)
+        for measure in MEAN_MEASURES:
+            values = [r[measure] for r in group if r.get(measure) is not None]
+            row[measure] = sum(values) / len(values) if values else None
+        defined = [r for r in group if r.get("forgetting") is not None]
+        forgetting = [r["forgetting"] for r in defined]
+        row["forgetting_se"] = (math.sqrt(sum((f - row["forgetting"]) ** 2 for f in forgetting) / (len(forgetting) - 1) / len(forgetting))
+                                if len(forgetting) > 1 else defined[0].get("forgetting_se") if defined else None)
+        row["runs"] = len(group)
+        row["forgetting_runs"] = [r.get("forgetting") for r in group]
+        means.append(row)
+    return means
+
+
 def _describe(row: Mapping[str, Any]) -> str:
     return (f"held-out known accuracy {_pct(row['held_out_accuracy_before'])} -> {_pct(row['held_out_accuracy_after'])}, "
             f"forgetting {_pct(row['forgetting'])}, new facts learned {_pct(row['new_fact_learning'])}, "
@@ -378,7 +424,8 @@ def namelike_keys_forget_more(summary: Mapping[str, Any] | Sequence[Mapping[str,
     than that of every other key type at that size (``random``, ``uuid``). ``value`` = the
     mean, over those (size, other key type) pairs, of forgetting(name) - forgetting(other),
     in points. ``holds`` is None when ``name`` or every other key type is missing, or no
-    size has both. ``summary`` is a summary dict (with ``rows``) or the rows themselves.
+    size has both. ``summary`` is a summary dict (with ``rows``) or the rows themselves; with
+    ``repeats`` > 1 its rows are the cells' means over their runs (:func:`cell_means`).
     """
     from knowtune.study.findings import finding
 
@@ -413,10 +460,14 @@ def namelike_keys_forget_more(summary: Mapping[str, Any] | Sequence[Mapping[str,
 
 
 def _forgetting_text(key_type: str, row: Mapping[str, Any]) -> str:
-    """``name 37.0%``, plus ``(+-3.6, reference held-out accuracy 75.4%)`` when the row has them."""
+    """``name 37.0%``, plus ``(+-3.6, reference held-out accuracy 75.4%)`` when the row has them, and
+    ``mean of 3 runs: 30.1/37.0/44.2`` for a cell with several runs (:func:`cell_means`)."""
     text = f"{key_type} {_pct(row['forgetting'])}"
     if row.get("forgetting_se") is not None and row.get("held_out_accuracy_before") is not None:
-        text += f" (+-{100 * row['forgetting_se']:.1f}, reference held-out accuracy {_pct(row['held_out_accuracy_before'])})"
+        runs = row.get("runs") or 1
+        each = "/".join("n/a" if f is None else f"{100 * f:.1f}" for f in row.get("forgetting_runs") or [])
+        spread = f", mean of {runs} runs: {each}" if runs > 1 else ""
+        text += f" (+-{100 * row['forgetting_se']:.1f}{spread}, reference held-out accuracy {_pct(row['held_out_accuracy_before'])})"
     return text
 
 
