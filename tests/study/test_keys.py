@@ -96,7 +96,7 @@ def test_finding_holds_when_name_keys_forget_more_at_every_size():
     rows = [_row("name", 100, 0.40), _row("random", 100, 0.05), _row("name", 200, 0.38), _row("random", 200, 0.02)]
     result = namelike_keys_forget_more({"rows": rows})
     assert result["holds"] is True and result["value"] == pytest.approx((35 + 36) / 2)
-    assert "100 entities: forgetting name 40.0% vs random 5.0%" in result["detail"]
+    assert "100 entities: forgetting name 40.0% vs random 5.0%" in result["detail"] and "one run (seed) per cell" in result["detail"]
 
 
 def test_finding_fails_when_one_size_does_not_show_it():
@@ -128,7 +128,7 @@ def test_the_finding_judges_a_repeated_cell_by_its_mean():
     runs = [_row("name", 100, 0.30), _row("random", 100, 0.35), _row("name", 100, 0.60), _row("random", 100, 0.25)]
     assert namelike_keys_forget_more(runs[:2])["holds"] is False, "the first run alone does not show it"
     result = namelike_keys_forget_more(cell_means(runs))
-    assert result["holds"] is True and result["value"] == pytest.approx(15.0)
+    assert result["holds"] is True and result["value"] == pytest.approx(15.0) and "one run" not in result["detail"]
 
 
 def test_repeats_shift_every_seed_and_keep_the_key_types_paired():

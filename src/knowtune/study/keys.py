@@ -456,6 +456,8 @@ def namelike_keys_forget_more(summary: Mapping[str, Any] | Sequence[Mapping[str,
     verdict = "forget more" if holds else "do not forget more"
     detail = (f"name-like keys {verdict} than {'/'.join(others)} keys at every size (mean gap {value:+.1f} points): "
               + "; ".join(parts))
+    if all((row.get("runs") or 1) == 1 for row in rows):
+        detail += "; one run (seed) per cell: repeats > 1 gives each cell's spread between seeds (docs/mechanism.md)"
     return finding(name, holds, value, detail)
 
 
