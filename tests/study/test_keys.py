@@ -131,6 +131,19 @@ def test_the_finding_judges_a_repeated_cell_by_its_mean():
     assert result["holds"] is True and result["value"] == pytest.approx(15.0) and "one run" not in result["detail"]
 
 
+def test_the_report_counts_a_repeated_cell_s_runs():
+    from knowtune.report.html import keys_section
+
+    def row(key, forgetting, runs):
+        return {**_row(key, 100, forgetting), "key_overlap": 0.2, "held_out_accuracy_before": 0.8, "held_out_accuracy_after": 0.5,
+                "forgetting_se": 0.03, "new_fact_learning": 0.6, "drift": 0.03, "format_drift": 0.001, "runs": runs}
+
+    one = keys_section({"rows": [row("name", 0.4, 1), row("random", 0.3, 1)]}, {})
+    three = keys_section({"rows": [row("name", 0.4, 3), row("random", 0.3, 3)]}, {})
+    assert "<th>runs</th>" not in one and "standard error of that mean across runs" not in one
+    assert "<th>runs</th>" in three and "<td>3</td>" in three and "standard error of that mean across runs" in three
+
+
 def test_repeats_shift_every_seed_and_keep_the_key_types_paired():
     config = mini_config(repeats=3, seed=4, pretrain={**mini_key_overlap(SIZES)["pretrain"], "seed": 10})
     first, third = CellSettings.of(config, "name", 12, 0), CellSettings.of(config, "name", 12, 2)
