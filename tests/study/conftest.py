@@ -40,17 +40,11 @@ def route_study(tmp_path_factory) -> tuple[Path, str]:
 
     from knowtune.cli import main
 
+    from study_metrics import default_model_study
+
     root = tmp_path_factory.mktemp("route-study")
-    settings = {
-        "model": "default", "data": "embedded", "seed": 0, "device": "cpu", "train_variants": ["D_50"],
-        "sample": {"train": 60, "dev": 10, "test": 10},
-        "annotate": {"mode": "lazy", "n_samples": 4, "splits": ["train", "test"]},
-        "curate": {"unknown_ratios": [50], "size": 24, "size_split": "equal", "variants": ["ratio", "known"]},
-        "train": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "max_eval_examples": 30,
-                  "prompt_template": "Answer the following question. {question}", "answer_prefix": " "},
-        "compare_methods": {"mixture": 50, "methods": ["sft", "filtered"]},
-        "table2": {}, "retrieval_route": {"k": 2, "finetune_with_passages": True, "oracle_share": 0.5},
-    }
+    settings = default_model_study(train=60, samples=4, size=24, epochs=2, max_eval=30, table2={},
+                                   retrieval_route={"k": 2, "finetune_with_passages": True, "oracle_share": 0.5})
     (root / "study.yaml").write_text(yaml.safe_dump(settings))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):

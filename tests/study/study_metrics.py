@@ -37,6 +37,21 @@ def ratio_run(ratio: int, tests: list[float], devs: list[float], *, size: int = 
     return Run(name=name or f"D_{ratio}", kind=kind, metrics=metrics, ratio=ratio, size=size, params={"ratio": ratio})
 
 
+def default_model_study(*, train: int, samples: int, size: int, epochs: int, max_eval: int, **sections) -> dict:
+    """A miniature study config of the default model: a seeded sample of the embedded world (``train`` facts per
+    relation, 10 dev and 10 test), D_50 against its Known-only run, plus any further ``sections``."""
+    return {
+        "model": "default", "data": "embedded", "seed": 0, "device": "cpu", "train_variants": ["D_50"],
+        "sample": {"train": train, "dev": 10, "test": 10},
+        "annotate": {"mode": "lazy", "n_samples": samples, "splits": ["train", "test"]},
+        "curate": {"unknown_ratios": [50], "size": size, "size_split": "equal", "variants": ["ratio", "known"]},
+        "train": {"epochs": epochs, "learning_rate": 3e-4, "batch_size": 8, "max_eval_examples": max_eval,
+                  "prompt_template": "Answer the following question. {question}", "answer_prefix": " "},
+        "compare_methods": {"mixture": 50, "methods": ["sft", "filtered"]},
+        **sections,
+    }
+
+
 def mini_key_overlap(sizes: list[int] | None = None) -> dict:
     """``key_overlap:`` settings for a miniature experiment: two key types, tiny worlds, a tiny model (seconds)."""
     return {

@@ -6,20 +6,12 @@ import json
 
 import pytest
 import yaml
+from study_metrics import default_model_study
 
 
 def tiny_study(path):
-    """A miniature study of the default model (a seeded sample of the embedded world, 1 epoch, SFT against Known-only)."""
-    settings = {
-        "model": "default", "data": "embedded", "seed": 0, "device": "cpu", "train_variants": ["D_50"],
-        "sample": {"train": 40, "dev": 10, "test": 10},
-        "annotate": {"mode": "lazy", "n_samples": 2, "splits": ["train", "test"]},
-        "curate": {"unknown_ratios": [50], "size": 16, "size_split": "equal", "variants": ["ratio", "known"]},
-        "train": {"epochs": 1, "learning_rate": 3e-4, "batch_size": 8, "max_eval_examples": 10,
-                  "prompt_template": "Answer the following question. {question}", "answer_prefix": " "},
-        "compare_methods": {"mixture": 50, "methods": ["sft", "filtered"]},
-    }
-    path.write_text(yaml.safe_dump(settings))
+    """A miniature study of the default model (40 facts per relation, 1 epoch, SFT against Known-only)."""
+    path.write_text(yaml.safe_dump(default_model_study(train=40, samples=2, size=16, epochs=1, max_eval=10)))
     return path
 
 
