@@ -25,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from candidate import BIN, VERDICTS, _run  # noqa: E402 - benchmarks/ is not a package
 
 
+#: The ``knowtune study`` flag the script sets for each seed: passed through as well, it would override the script's.
+SEED_FLAG = "--seed"
+
+
 def run_seed(config: str, model: str, seed: int, work: Path, flags: list[str]) -> list[dict]:
     """The findings of the study at ``seed`` (run into ``work/seed-<seed>`` unless finished there)."""
     out = work / f"seed-{seed}"
@@ -67,7 +71,7 @@ def print_table(rows: list[dict], seeds: list[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # --seed is not --seeds
     parser.add_argument("--config", required=True, help="the study config, e.g. src/knowtune/study/methods.yaml")
     parser.add_argument("--model", default="default", help="the model (default: the embedded default)")
     parser.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
@@ -79,6 +83,8 @@ def main() -> None:
         parser.error(f"--seeds: give comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})")
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {args.seeds!r})")
+    if any(flag.split("=")[0] == SEED_FLAG for flag in flags):
+        parser.error(f"{SEED_FLAG}: this script sets each study's seed itself; give the seeds with --seeds, e.g. --seeds 0,1,2")
     from knowtune.io import atomic_write_json
     from knowtune.provenance import provenance
 

@@ -57,3 +57,16 @@ def test_the_table_counts_the_seeds_a_finding_holds_in_and_the_spread_of_its_val
     assert lines[1].split()[:7] == ["a", "holds", "(3.60)", "fails", "(1.60)", "fails", "(1.80)"]
     assert "1 of 3" in lines[1] and "2.33 +- 1.10" in lines[1]
     assert "untested (-)" in lines[2] and "0 of 1" in lines[2]
+
+
+@pytest.mark.parametrize(("extra", "message"), [(["--seed", "1"], "--seed: this script sets"), (["--seed=1"], "--seed: this script sets"),
+                                               (["--seeds", "1,1"], "distinct seeds"), (["--seeds", "one"], "comma-separated integers")])
+def test_a_seed_flag_or_bad_seeds_are_refused_before_anything_runs(extra, message, tmp_path, benchmark_script, monkeypatch, capsys):
+    script = benchmark_script("seeds")
+    argv = ["--config", "study.yaml", "--out", str(tmp_path / "work")]
+    argv += extra if extra[0] == "--seeds" else ["--seeds", "0,1", *extra]
+    monkeypatch.setattr("sys.argv", ["seeds.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        script.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
