@@ -39,7 +39,7 @@ def run_seed(config: str, model: str, seed: int, work: Path, flags: list[str]) -
 
 
 def across_seeds(findings: dict[int, list[dict]]) -> list[dict]:
-    """One record per finding (in the first seed's order): per seed ``holds`` and ``value``, how many seeds it holds
+    """One record per finding (in the order they first appear): per seed ``holds`` and ``value``, how many seeds it holds
     in of those that tested it, and the mean and sample standard deviation of its values."""
     names = list(dict.fromkeys(f["name"] for seed in findings for f in findings[seed]))
     rows = []
