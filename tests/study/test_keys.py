@@ -11,8 +11,8 @@ from study_metrics import mini_key_overlap
 
 from knowtune.config import load_config
 from knowtune.errors import ConfigError, KnowtuneError
-from knowtune.study.keys import (RESULT_FILE, SUMMARY_FILE, CellSettings, KeyOverlapConfig, cell_means, cell_name, namelike_keys_forget_more,
-                                 run_key_overlap)
+from knowtune.study.keys import (RESULT_FILE, SUMMARY_FILE, CellSettings, KeyOverlapConfig, cell_means, cell_name, memorisation_confound,
+                                 namelike_keys_forget_more, run_key_overlap)
 from knowtune.world.synthetic import generate_synthetic_world
 
 SIZES = [10, 12]
@@ -46,6 +46,7 @@ def test_summary_has_a_row_per_cell_with_finite_measures(experiment):
         assert row["held_out_accuracy_before"] > 0, "the reference must recall some held-out facts, or forgetting is undefined"
     assert json.loads((out / SUMMARY_FILE).read_text())["rows"] == summary["rows"]
     assert summary["finding"]["name"] == "namelike_keys_forget_more" and summary["finding"]["holds"] in (True, False)
+    assert len(summary["memorisation"]["pairs"]) == len(SIZES) and summary["memorisation"]["correlation"] is None
     names = {row["entities"]: row["key_overlap"] for row in summary["rows"] if row["key_type"] == "name"}
     randoms = {row["entities"]: row["key_overlap"] for row in summary["rows"] if row["key_type"] == "random"}
     assert all(randoms[n] == 0.0 for n in SIZES) and any(names[n] > 0 for n in SIZES)
@@ -142,6 +143,23 @@ def test_the_report_counts_a_repeated_cell_s_runs():
     three = keys_section({"rows": [row("name", 0.4, 3), row("random", 0.3, 3)]}, {})
     assert "<th>runs</th>" not in one and "standard error of that mean across runs" not in one
     assert "<th>runs</th>" in three and "<td>3</td>" in three and "standard error of that mean across runs" in three
+
+
+def test_the_memorisation_confound_pairs_each_run_and_correlates_the_gaps():
+    def run(key, n, seed, forgetting, accuracy):
+        return {**_row(key, n, forgetting), "seed": seed, "held_out_accuracy_before": accuracy}
+
+    runs = [run("name", 100, 0, 0.50, 0.30), run("random", 100, 0, 0.30, 0.90), run("name", 100, 1, 0.20, 0.90),
+            run("random", 100, 1, 0.30, 0.90), run("name", 200, 0, 0.40, 0.60), run("random", 200, 0, 0.35, 0.90),
+            run("name", 200, 1, None, 0.0), run("random", 200, 1, 0.30, 0.90)]
+    result = memorisation_confound(runs)
+    assert [(p["entities"], p["seed"], p["other"]) for p in result["pairs"]] == [(100, 0, "random"), (100, 1, "random"), (200, 0, "random")]
+    assert result["pairs"][0]["forgetting_gap"] == pytest.approx(0.20) and result["pairs"][0]["accuracy_gap"] == pytest.approx(-0.60)
+    gaps = [(-0.6, 0.2), (0.0, -0.1), (-0.3, 0.05)]
+    mx, my = sum(a for a, _ in gaps) / 3, sum(b for _, b in gaps) / 3
+    r = sum((a - mx) * (b - my) for a, b in gaps) / math.sqrt(sum((a - mx) ** 2 for a, _ in gaps) * sum((b - my) ** 2 for _, b in gaps))
+    assert result["correlation"] == pytest.approx(r) and result["correlation"] < 0
+    assert memorisation_confound(runs[:4])["correlation"] is None, "under 3 pairs"
 
 
 def test_repeats_shift_every_seed_and_keep_the_key_types_paired():

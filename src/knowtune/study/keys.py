@@ -259,11 +259,18 @@ def run_key_overlap(config: KeyOverlapConfig, out_dir: str | Path, *, log: Log =
     for row, (_, _, run) in zip(runs, cells):
         row["seed"] = config.seed + run
     rows = cell_means(runs) if config.repeats > 1 else runs
+    confound = memorisation_confound(runs)
     summary = {"config": config.comparable(), "rows": rows, **({"runs": runs} if config.repeats > 1 else {}),
-               "finding": namelike_keys_forget_more(rows), "seconds": round(time.monotonic() - start, 1)}
+               "finding": namelike_keys_forget_more(rows), "memorisation": confound, "seconds": round(time.monotonic() - start, 1)}
     from knowtune.io import atomic_write_json
 
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    for pair in confound["pairs"]:
+        log(f"{pair['entities']} entities, seed {pair['seed']}, name vs {pair['other']}: reference held-out accuracy "
+            f"{_pct(pair['name_accuracy'])} vs {_pct(pair['other_accuracy'])}, forgetting gap {100 * pair['forgetting_gap']:+.1f} points")
+    if confound["correlation"] is not None:
+        log(f"forgetting gap against reference-accuracy gap (name - other) over {len(confound['pairs'])} paired runs: "
+            f"Pearson r {confound['correlation']:+.2f}")
     log(summary["finding"]["detail"])
     return summary
 
@@ -401,6 +408,37 @@ def cell_means(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["forgetting_runs"] = [r.get("forgetting") for r in group]
         means.append(row)
     return means
+
+
+def memorisation_confound(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Does the name-vs-other forgetting gap follow how well each reference memorised its facts?
+
+    One pair per (size, seed, other key type) run with a defined forgetting on both sides:
+    ``forgetting_gap`` = forgetting(name) - forgetting(other), ``accuracy_gap`` = the same for the
+    reference's held-out accuracy. ``correlation`` = Pearson r of the two gaps over the pairs
+    (None under 3 pairs or without spread). docs/mechanism.md, "Across seeds and library versions".
+    """
+    import statistics
+
+    cells: dict[tuple[int, int | None], dict[str, Mapping[str, Any]]] = {}
+    for row in runs:
+        cells.setdefault((row["entities"], row.get("seed")), {})[row["key_type"]] = row
+    pairs = []
+    for (entities, seed), cell in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+        name = cell.get(NAME_KEY)
+        for other, row in sorted(cell.items()):
+            if name is None or other == NAME_KEY or name.get("forgetting") is None or row.get("forgetting") is None:
+                continue
+            pairs.append({"entities": entities, "seed": seed, "other": other, "name_accuracy": name["held_out_accuracy_before"],
+                          "other_accuracy": row["held_out_accuracy_before"], "forgetting_gap": name["forgetting"] - row["forgetting"],
+                          "accuracy_gap": name["held_out_accuracy_before"] - row["held_out_accuracy_before"]})
+    correlation = None
+    if len(pairs) >= 3:
+        try:
+            correlation = statistics.correlation([p["accuracy_gap"] for p in pairs], [p["forgetting_gap"] for p in pairs])
+        except statistics.StatisticsError:  # one of the gaps is constant
+            correlation = None
+    return {"pairs": pairs, "correlation": correlation}
 
 
 def _describe(row: Mapping[str, Any]) -> str:
